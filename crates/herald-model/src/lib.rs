@@ -6,11 +6,16 @@
 //! passed in). Everything here is deterministic and unit-testable, and every
 //! other Herald crate builds on it.
 
+pub mod error_class;
 pub mod ids;
 pub mod kinds;
+pub mod sample;
+pub mod secret;
 pub mod validate;
 pub mod wire;
 
+pub use error_class::ErrorClass;
 pub use ids::{DedupKey, NotificationId};
 pub use kinds::{Channel, DevicePlatform, Priority, Stage, StatusKind};
+pub use secret::Secret;
 pub use validate::{InvalidEvent, MAX_FIELD_BYTES};

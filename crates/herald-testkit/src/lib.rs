@@ -1,1 +1,9 @@
-//! herald-testkit
+//! Test harness shared by every Herald test: brokers on request (durable,
+//! fast, transactional) with unique topic and group names and teardown, and
+//! a Confluent-compatible registry served on loopback.
+//!
+//! Test-only: no production crate depends on it.
+
+pub mod registry;
+
+pub use registry::TestRegistry;

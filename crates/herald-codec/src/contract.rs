@@ -1,0 +1,162 @@
+//! The schemas compiled in from `schemas/` and the [`Record`] trait that ties
+//! each to its Rust mirror in `herald_model::wire`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use apache_avro::rabin::Rabin;
+use apache_avro::Schema;
+use herald_model::wire::{
+    ChannelMessage, DedupEntry, DeliveryStatus, NotificationRequested, Preferences,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The `.avsc` sources, by record name, exactly as in `schemas/`.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("herald.NotificationRequested", include_str!("../../../schemas/NotificationRequested.avsc")),
+    ("herald.ChannelMessage", include_str!("../../../schemas/ChannelMessage.avsc")),
+    ("herald.DeliveryStatus", include_str!("../../../schemas/DeliveryStatus.avsc")),
+    ("herald.DedupEntry", include_str!("../../../schemas/DedupEntry.avsc")),
+    ("herald.Preferences", include_str!("../../../schemas/Preferences.avsc")),
+];
+
+/// A record of the wire contract.
+pub trait Record: Serialize + DeserializeOwned {
+    /// Full Avro name (`herald.NotificationRequested`).
+    const NAME: &'static str;
+
+    /// The current (reader) schema compiled in from `schemas/`.
+    fn schema() -> &'static Schema {
+        CURRENT.get(Self::NAME).map(|s| &s.schema).unwrap_or(&FALLBACK)
+    }
+}
+
+macro_rules! record {
+    ($($ty:ty => $name:literal),+ $(,)?) => {
+        $(impl Record for $ty {
+            const NAME: &'static str = $name;
+        })+
+    };
+}
+
+record! {
+    NotificationRequested => "herald.NotificationRequested",
+    ChannelMessage => "herald.ChannelMessage",
+    DeliveryStatus => "herald.DeliveryStatus",
+    DedupEntry => "herald.DedupEntry",
+    Preferences => "herald.Preferences",
+}
+
+/// One parsed schema and its identity.
+#[derive(Debug)]
+pub struct KnownSchema {
+    /// Full record name.
+    pub name: String,
+    /// The parsed schema.
+    pub schema: Schema,
+    /// CRC-64-AVRO fingerprint of the parsing canonical form.
+    pub fingerprint: u64,
+}
+
+impl KnownSchema {
+    /// Parses an `.avsc` document.
+    pub fn parse(source: &str) -> Result<Self, apache_avro::Error> {
+        let schema = Schema::parse_str(source)?;
+        let name = match &schema {
+            Schema::Record(r) => r.name.fullname(None),
+            other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)),
+        };
+        let fingerprint = fingerprint(&schema);
+        Ok(Self { name, schema, fingerprint })
+    }
+}
+
+/// CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form.
+pub fn fingerprint(schema: &Schema) -> u64 {
+    let bytes = schema.fingerprint::<Rabin>().bytes;
+    let mut arr = [0u8; 8];
+    for (dst, src) in arr.iter_mut().zip(bytes.iter()) {
+        *dst = *src;
+    }
+    u64::from_le_bytes(arr)
+}
+
+// A compile-time invariant, checked by tests: every source parses.
+static CURRENT: LazyLock<HashMap<&'static str, KnownSchema>> = LazyLock::new(|| {
+    SOURCES
+        .iter()
+        .filter_map(|(name, src)| KnownSchema::parse(src).ok().map(|k| (*name, k)))
+        .collect()
+});
+
+// Only reachable if a compiled-in schema failed to parse, which the contract
+// tests rule out; decoding against it fails with a typed error.
+static FALLBACK: LazyLock<Schema> = LazyLock::new(|| Schema::Null);
+
+/// The writer schemas a codec recognises by fingerprint: the current contract
+/// plus older (or newer) versions added by the deployment.
+#[derive(Debug, Clone)]
+pub struct SchemaSet {
+    by_fingerprint: HashMap<u64, Arc<KnownSchema>>,
+}
+
+impl SchemaSet {
+    /// The schemas compiled in from `schemas/`.
+    pub fn current() -> Self {
+        let mut set = Self { by_fingerprint: HashMap::new() };
+        for (_, src) in SOURCES {
+            if let Ok(k) = KnownSchema::parse(src) {
+                set.by_fingerprint.insert(k.fingerprint, Arc::new(k));
+            }
+        }
+        set
+    }
+
+    /// Adds another writer schema version (an `.avsc` document).
+    pub fn with_version(mut self, source: &str) -> Result<Self, apache_avro::Error> {
+        let k = KnownSchema::parse(source)?;
+        self.by_fingerprint.insert(k.fingerprint, Arc::new(k));
+        Ok(self)
+    }
+
+    /// Looks a writer schema up by fingerprint.
+    pub fn get(&self, fingerprint: u64) -> Option<&Arc<KnownSchema>> {
+        self.by_fingerprint.get(&fingerprint)
+    }
+
+    /// Number of known schemas.
+    pub fn len(&self) -> usize {
+        self.by_fingerprint.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_fingerprint.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_in_schemas_dir_parses_and_is_compiled_in() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".avsc"))
+            .collect();
+        on_disk.sort();
+        assert_eq!(on_disk.len(), SOURCES.len(), "schemas/ and SOURCES disagree: {on_disk:?}");
+        for (name, src) in SOURCES {
+            let k = KnownSchema::parse(src).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(&k.name, name);
+            assert!(CURRENT.contains_key(name));
+        }
+        assert_eq!(SchemaSet::current().len(), SOURCES.len());
+    }
+}
