@@ -1,1 +1,21 @@
-//! herald-telemetry
+//! Runtime shared by every Herald binary: layered configuration, `tracing`
+//! set-up, the one Prometheus registry with every metric name, the
+//! internal-event structs that update it, the admin HTTP server
+//! (`/metrics`, `/healthz`, `/readyz`) and the shutdown supervisor.
+//!
+//! This crate knows nothing of Kafka or Avro; stage crates report through the
+//! events defined here and never register metrics of their own.
+
+pub mod admin;
+pub mod config;
+pub mod events;
+pub mod logging;
+pub mod metrics;
+pub mod shutdown;
+
+pub use admin::{serve_admin, AdminState};
+pub use config::{load_config, ConfigError, ConfigSource};
+pub use events::Emit;
+pub use logging::{init_tracing, LogFormat, LogSettings};
+pub use metrics::Metrics;
+pub use shutdown::{Outcome, Shutdown, Supervisor};

@@ -1,0 +1,112 @@
+//! The admin HTTP server every binary runs: `/metrics`, `/healthz`, `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::events::{Emit, ReadinessChanged};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// Readiness shared between a stage and its admin server.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    stage: &'static str,
+    ready: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    /// Not ready until [`AdminState::set_ready`].
+    pub fn new(stage: &'static str) -> Self {
+        Self { stage, ready: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Marks the stage ready (serving) or not (starting, restoring, draining).
+    pub fn set_ready(&self, ready: bool) {
+        if self.ready.swap(ready, Ordering::SeqCst) != ready {
+            ReadinessChanged { stage: self.stage, ready }.emit();
+        }
+    }
+
+    /// Current readiness.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.clone())
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], Metrics::global().render())
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds `addr` (port 0 for an ephemeral one) and serves until `shutdown`.
+/// Returns the bound address and the server task.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    state: AdminState,
+    shutdown: Shutdown,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = state.router();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    });
+    Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String) {
+        let resp = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readiness_health_and_metrics() {
+        let state = AdminState::new("test");
+        let app = state.router();
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        state.set_ready(true);
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+        let (status, body) = get(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("herald_ready{stage=\"test\"} 1"), "{body}");
+        assert_eq!(get(&app, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+}
