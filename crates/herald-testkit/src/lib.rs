@@ -7,3 +7,6 @@
 pub mod registry;
 
 pub use registry::TestRegistry;
+pub mod broker;
+
+pub use broker::{BrokerKind, TestBroker};

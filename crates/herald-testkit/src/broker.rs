@@ -1,0 +1,224 @@
+//! Brokers for tests, by kind:
+//!
+//! - `Durable`: nisshi with sqlite storage (persists, compacts).
+//! - `Fast`: nisshi with memory storage.
+//! - `Transactional`: librdkafka's mock cluster, in-process (transactions,
+//!   fault injection), a fresh one per test.
+//!
+//! `make test` starts the two nisshi brokers once and exports
+//! `HERALD_TEST_DURABLE_BOOTSTRAP` / `HERALD_TEST_FAST_BOOTSTRAP`; without
+//! them the harness starts its own nisshi (from `HERALD_NISSHI_BIN` or the
+//! cache that `scripts/ensure-nisshi.sh` fills), which exits with the test
+//! process. When `HERALD_TEST_KAFKA` names a real cluster, every kind runs
+//! there instead, transactional tests included.
+
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use herald_kafka::{EmbeddedCluster, KafkaSettings};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::error::RDKafkaErrorCode;
+
+/// What a test needs from its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// Persistent storage and compaction (nisshi + sqlite).
+    Durable,
+    /// Volatile and quick (nisshi + memory).
+    Fast,
+    /// Kafka transactions and fault injection (mock cluster).
+    Transactional,
+}
+
+/// A broker handed to one test, with unique names and teardown.
+pub struct TestBroker {
+    kind: BrokerKind,
+    bootstrap: String,
+    mock: Option<EmbeddedCluster>,
+    real_cluster: bool,
+    created: Mutex<Vec<String>>,
+}
+
+impl TestBroker {
+    /// A broker of `kind`. Panics with a clear message when none can be had
+    /// (tests only).
+    pub fn start(kind: BrokerKind) -> Self {
+        if let Ok(bootstrap) = std::env::var("HERALD_TEST_KAFKA") {
+            if !bootstrap.is_empty() {
+                return Self { kind, bootstrap, mock: None, real_cluster: true, created: Mutex::new(Vec::new()) };
+            }
+        }
+        let (bootstrap, mock) = match kind {
+            BrokerKind::Transactional => {
+                let cluster = EmbeddedCluster::start(3).unwrap_or_else(|e| panic!("mock cluster: {e}"));
+                (cluster.bootstrap(), Some(cluster))
+            }
+            BrokerKind::Durable => (nisshi("HERALD_TEST_DURABLE_BOOTSTRAP", true), None),
+            BrokerKind::Fast => (nisshi("HERALD_TEST_FAST_BOOTSTRAP", false), None),
+        };
+        Self { kind, bootstrap, mock, real_cluster: false, created: Mutex::new(Vec::new()) }
+    }
+
+    /// The kind asked for.
+    pub fn kind(&self) -> BrokerKind {
+        self.kind
+    }
+
+    /// Whether this is a real Kafka cluster (`HERALD_TEST_KAFKA`).
+    pub fn is_real_kafka(&self) -> bool {
+        self.real_cluster
+    }
+
+    /// The bootstrap address.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Client settings for this broker. Group timeouts are short so a test
+    /// that replaces a member does not wait out a production session timeout.
+    pub fn settings(&self) -> KafkaSettings {
+        let mut s = KafkaSettings::with_bootstrap(self.bootstrap.clone());
+        s.overrides.insert("session.timeout.ms".into(), "6000".into());
+        s.overrides.insert("heartbeat.interval.ms".into(), "500".into());
+        s
+    }
+
+    /// The mock cluster, for fault injection (transactional kind only).
+    pub fn mock(&self) -> Option<&EmbeddedCluster> {
+        self.mock.as_ref()
+    }
+
+    /// A name no other test uses.
+    pub fn unique(&self, base: &str) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        format!("t-{base}-{}", &id[..12])
+    }
+
+    /// A unique consumer group name.
+    pub fn group(&self, base: &str) -> String {
+        self.unique(&format!("{base}-group"))
+    }
+
+    /// Creates a unique topic and returns its name; deleted at teardown.
+    pub async fn topic(&self, base: &str, partitions: i32) -> String {
+        self.topic_with(base, partitions, &[]).await
+    }
+
+    /// Creates a unique topic with configs (ignored by the mock cluster,
+    /// which has no CreateTopics API).
+    pub async fn topic_with(&self, base: &str, partitions: i32, configs: &[(&str, &str)]) -> String {
+        let name = self.unique(base);
+        self.create_topic(&name, partitions, configs).await;
+        name
+    }
+
+    /// Creates a topic with an exact name.
+    pub async fn create_topic(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+        if let Some(mock) = &self.mock {
+            mock.create_topic(name, partitions, 1).unwrap_or_else(|e| panic!("create {name}: {e}"));
+        } else {
+            let admin = self.settings().admin().unwrap_or_else(|e| panic!("admin: {e}"));
+            let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(if self.real_cluster { -1 } else { 1 }));
+            for (k, v) in configs {
+                t = t.set(k, v);
+            }
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let res = admin.create_topics([&t], &opts).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
+            for r in res {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((t, code)) => panic!("create {t}: {code}"),
+                }
+            }
+        }
+        self.created.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
+    }
+
+    /// Records a topic created by the code under test, for teardown.
+    pub fn track(&self, name: &str) {
+        self.created.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if self.mock.is_some() {
+            return; // the cluster goes away with its handle
+        }
+        let topics = std::mem::take(&mut *self.created.lock().unwrap_or_else(|p| p.into_inner()));
+        if topics.is_empty() {
+            return;
+        }
+        let Ok(admin) = self.settings().admin() else { return };
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        // rdkafka's futures are driven by its own threads: block_on is safe here.
+        let _ = futures::executor::block_on(admin.delete_topics(&names, &opts));
+    }
+}
+
+/// The address of a nisshi broker: from `var` when `make test` started one,
+/// else one this process starts (once) and that exits with it.
+fn nisshi(var: &str, durable: bool) -> String {
+    if let Ok(addr) = std::env::var(var) {
+        if !addr.is_empty() {
+            return addr;
+        }
+    }
+    static DURABLE: OnceLock<String> = OnceLock::new();
+    static FAST: OnceLock<String> = OnceLock::new();
+    let cell = if durable { &DURABLE } else { &FAST };
+    cell.get_or_init(|| spawn_nisshi(durable)).clone()
+}
+
+fn nisshi_binary() -> String {
+    if let Ok(bin) = std::env::var("HERALD_NISSHI_BIN") {
+        return bin;
+    }
+    let cache = std::env::var("HERALD_CACHE").unwrap_or_else(|_| {
+        let home = std::env::var("XDG_CACHE_HOME")
+            .unwrap_or_else(|_| format!("{}/.cache", std::env::var("HOME").unwrap_or_else(|_| "/root".into())));
+        format!("{home}/herald")
+    });
+    format!("{cache}/nisshi-0.8.1/bin/nisshi")
+}
+
+fn spawn_nisshi(durable: bool) -> String {
+    let bin = nisshi_binary();
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "no nisshi broker at {bin}: run scripts/ensure-nisshi.sh, or use `make test`, which starts the brokers"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"));
+    let dir = std::env::temp_dir().join(format!("herald-nisshi-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let engine = if durable { "sqlite://herald.db?maintenance_interval=10s" } else { "memory://herald/" };
+    // The shell wrapper ends the broker (by its pid) once this test process is gone.
+    let script = format!(
+        "{bin} broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} \
+         --storage-engine '{engine}' --group-initial-rebalance-delay 100ms --silent & b=$!; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 1; done; kill $b 2>/dev/null",
+        parent = std::process::id()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start nisshi: {e}"));
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return addr;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nisshi did not listen on {addr}");
+}
