@@ -26,3 +26,22 @@ pub use contract::{Record, SchemaSet};
 pub use error::{DecodeError, EncodeError};
 pub use framing::{CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC};
 pub use registry::RegistrySettings;
+
+/// The `[codec]` section of every binary's config.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodecSettings {
+    /// Framing Herald writes: `single_object` (no registry) or `confluent`.
+    /// Both are always read.
+    pub framing: Framing,
+    /// Confluent-compatible schema registry; needed to read or write the
+    /// Confluent framing.
+    pub registry: Option<RegistrySettings>,
+}
+
+impl CodecSettings {
+    /// Builds the codec these settings describe.
+    pub fn build(&self) -> Result<Codec, String> {
+        Codec::new(self.framing, self.registry.as_ref(), SchemaSet::current())
+    }
+}

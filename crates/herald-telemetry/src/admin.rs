@@ -110,3 +110,17 @@ mod tests {
         assert_eq!(get(&app, "/nope").await.0, StatusCode::NOT_FOUND);
     }
 }
+
+/// The `[admin]` section: where `/metrics`, `/healthz` and `/readyz` listen.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9600)) }
+    }
+}

@@ -84,14 +84,14 @@ impl Supervisor {
     /// (`signals`: listen for SIGTERM and Ctrl-C). The first task error is
     /// returned after the others were stopped.
     pub async fn run(self, signals: bool) -> anyhow::Result<Outcome> {
-        let signal = async move {
+        let signal = || async move {
             if signals {
                 wait_for_signal().await;
             } else {
                 std::future::pending::<()>().await;
             }
         };
-        self.run_until(signal, async { if signals { wait_for_signal().await } else { std::future::pending().await } }).await
+        self.run_until(signal(), signal()).await
     }
 
     /// Like [`Supervisor::run`] with explicit first and second stop signals

@@ -1,0 +1,43 @@
+//! The CLI's configuration: the sections every Herald binary shares.
+
+use std::time::Duration;
+
+use herald_codec::CodecSettings;
+use herald_kafka::{KafkaSettings, TopologySettings};
+use herald_telemetry::{AdminSettings, LogSettings};
+use serde::Deserialize;
+
+/// `herald` configuration (file given by `--config`, then `HERALD__...`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CliConfig {
+    /// Kafka connection; leave `bootstrap` empty for the embedded cluster.
+    pub kafka: KafkaSettings,
+    /// Topic names and sizes.
+    pub topics: TopologySettings,
+    /// Avro framing and registry.
+    pub codec: CodecSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// Admin HTTP server.
+    pub admin: AdminSettings,
+    /// Local stack options.
+    pub dev: DevSettings,
+}
+
+/// The `[dev]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSettings {
+    /// Brokers in the embedded cluster (when `kafka.bootstrap` is empty).
+    pub embedded_brokers: i32,
+    /// Time given to stages to drain on Ctrl-C.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+impl Default for DevSettings {
+    fn default() -> Self {
+        Self { embedded_brokers: 1, drain: Duration::from_secs(10) }
+    }
+}

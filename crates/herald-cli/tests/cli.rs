@@ -1,0 +1,192 @@
+//! The `herald` binary as a user runs it: `herald dev` starts the local
+//! stack and stops cleanly on Ctrl-C; `herald topics apply` is idempotent and
+//! reports drift.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use herald_codec::Codec;
+use herald_kafka::settings::ProducerKind;
+use herald_kafka::KafkaSettings;
+use herald_model::sample;
+use herald_model::wire::NotificationRequested;
+use herald_testkit::{BrokerKind, TestBroker};
+use rdkafka::consumer::{Consumer, DefaultConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+fn field<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l[prefix.len()..].split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `{prefix}` line in {lines:#?}"))
+}
+
+#[tokio::test]
+async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
+    let mut child = Command::new(HERALD)
+        .arg("dev")
+        .env("HERALD__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("HERALD__TOPICS__PARTITIONS", "3")
+        .env("HERALD__TOPICS__CHANNEL_PARTITIONS", "2")
+        .env_remove("HERALD__KAFKA__BOOTSTRAP")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn herald dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lines.iter().any(|l: &String| l.starts_with("ready")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("herald dev did not become ready: {lines:#?}");
+            }
+        }
+    }
+    let bootstrap = field(&lines, "kafka").to_string();
+    let admin = field(&lines, "admin").trim_start_matches("http://").trim_end_matches("/metrics").to_string();
+    assert!(bootstrap.starts_with("127.0.0.1:"), "embedded cluster on loopback: {bootstrap}");
+
+    assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(&admin, "/metrics").contains("herald_ready{stage=\"dev\"} 1"));
+
+    // The topics exist: a product team's event goes in and comes back out.
+    let settings = KafkaSettings::with_bootstrap(bootstrap.clone());
+    let producer = settings.producer("test", &ProducerKind::Idempotent).expect("producer");
+    let event = sample::notification(1, 1_790_000_000_000);
+    let bytes = herald_codec::encode_single_object(&event).expect("encode");
+    producer
+        .send(FutureRecord::to("herald.notifications").key(&event.user_id).payload(&bytes), Timeout::After(Duration::from_secs(10)))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce to the embedded cluster");
+    let consumer = settings.consumer("test", "dev-test", DefaultConsumerContext).expect("consumer");
+    // Assigned, not subscribed: no group rebalance to wait for.
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        assignment.add_partition_offset("herald.notifications", p, rdkafka::Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let msg = tokio::time::timeout(Duration::from_secs(30), consumer.stream().next())
+        .await
+        .expect("a record within 30s")
+        .expect("stream")
+        .expect("message");
+    let got: NotificationRequested = Codec::single_object().decode(msg.payload().expect("payload")).await.expect("decode");
+    assert_eq!(got, event);
+    // A message keeps its partition (and so the client) alive: release it first.
+    drop(msg);
+    drop(consumer);
+
+    // Ctrl-C: drains and exits 0.
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("herald dev did not stop within 20s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(1)) {
+        lines.push(l);
+    }
+    assert!(exit.success(), "exit {exit:?}: {lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("stopped    cleanly")), "{lines:#?}");
+}
+
+fn topics_apply(bootstrap: &str, prefix: &str, partitions: &str, strict: bool) -> (i32, String) {
+    let mut cmd = Command::new(HERALD);
+    cmd.args(["topics", "apply"])
+        .env("HERALD__KAFKA__BOOTSTRAP", bootstrap)
+        .env("HERALD__TOPICS__PREFIX", prefix)
+        .env("HERALD__TOPICS__PARTITIONS", partitions)
+        .env("HERALD__TOPICS__CHANNEL_PARTITIONS", "1")
+        .env("HERALD__TOPICS__REPLICATION_FACTOR", "1");
+    if strict {
+        cmd.arg("--strict");
+    }
+    let out = cmd.output().expect("run herald topics apply");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn herald_topics_apply_is_idempotent_and_reports_drift() {
+    let broker = TestBroker::start(BrokerKind::Durable);
+    let prefix = broker.unique("cli");
+    let topology = herald_kafka::Topology::new(herald_kafka::TopologySettings { prefix: prefix.clone(), ..Default::default() });
+    for t in topology.topics() {
+        broker.track(&t.name);
+    }
+    let total = topology.topics().len();
+
+    let (code, out) = topics_apply(broker.bootstrap(), &prefix, "2", false);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{total} created, 0 unchanged, 0 drifted")), "{out}");
+
+    let (code, out) = topics_apply(broker.bootstrap(), &prefix, "2", true);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("0 created, {total} unchanged, 0 drifted")), "{out}");
+
+    let (code, out) = topics_apply(broker.bootstrap(), &prefix, "5", true);
+    assert_eq!(code, 2, "--strict fails on drift: {out}");
+    assert!(out.contains(&format!("drift      {prefix}.notifications: partitions is 2 (declared 5)")), "{out}");
+
+    let out = Command::new(HERALD)
+        .args(["topics", "describe"])
+        .env("HERALD__KAFKA__BOOTSTRAP", broker.bootstrap())
+        .env("HERALD__TOPICS__PREFIX", &prefix)
+        .env("HERALD__TOPICS__PARTITIONS", "2")
+        .env("HERALD__TOPICS__CHANNEL_PARTITIONS", "1")
+        .env("HERALD__TOPICS__REPLICATION_FACTOR", "1")
+        .output()
+        .expect("describe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let state = text.lines().find(|l| l.starts_with(&format!("{prefix}.dedup-state "))).unwrap_or_else(|| panic!("{text}"));
+    assert!(state.contains("compact") && state.trim_end().ends_with("none"), "{state}");
+}
+
+#[test]
+fn bad_configuration_is_reported_with_every_path_and_exit_78() {
+    let out = Command::new(HERALD)
+        .args(["topics", "describe"])
+        .env("HERALD__KAFKA__LINGER", "soon")
+        .env("HERALD__TOPICS__PARTITIONS", "many")
+        .env("HERALD__KAFKA__BOOTSTRP", "typo:9092")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for path in ["kafka.linger", "topics.partitions", "kafka.bootstrp"] {
+        assert!(err.contains(path), "{path} missing: {err}");
+    }
+}
