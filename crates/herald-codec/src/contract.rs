@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
-use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use herald_model::wire::{
     ChannelMessage, DedupEntry, DeliveryStatus, NotificationRequested, Preferences,
@@ -72,9 +71,38 @@ impl KnownSchema {
     }
 }
 
-/// CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form.
+/// CRC-64-AVRO (Rabin) fingerprint of a schema's Parsing Canonical Form,
+/// as the Avro specification defines it (and Java, Python and fastavro
+/// compute it).
 pub fn fingerprint(schema: &Schema) -> u64 {
-    let bytes = schema.fingerprint::<Rabin>().bytes;
+    rabin(&canonical_form(schema))
+}
+
+/// apache-avro's own fingerprint, which differs from the specification for
+/// schemas with logical types (see [`canonical_form`]). Also accepted on
+/// read, so records from Rust producers that use apache-avro's
+/// single-object writer decode too.
+pub fn apache_avro_fingerprint(schema: &Schema) -> u64 {
+    rabin(&schema.canonical_form())
+}
+
+/// The Parsing Canonical Form. apache-avro 0.22 strips `logicalType` but
+/// leaves the primitive in object form (`{"type":"long"}`), where the
+/// specification's PRIMITIVES rule asks for `"long"`. In canonical form an
+/// object whose only member is `"type"` with a primitive name can only be
+/// such a primitive, so it is rewritten to the bare name.
+pub fn canonical_form(schema: &Schema) -> String {
+    let mut form = schema.canonical_form();
+    for primitive in ["null", "boolean", "int", "long", "float", "double", "bytes", "string"] {
+        form = form.replace(&format!("{{\"type\":\"{primitive}\"}}"), &format!("\"{primitive}\""));
+    }
+    form
+}
+
+fn rabin(canonical: &str) -> u64 {
+    use apache_avro::rabin::Rabin;
+    use digest::Digest;
+    let bytes = Rabin::digest(canonical.as_bytes());
     let mut arr = [0u8; 8];
     for (dst, src) in arr.iter_mut().zip(bytes.iter()) {
         *dst = *src;
@@ -107,7 +135,7 @@ impl SchemaSet {
         let mut set = Self { by_fingerprint: HashMap::new() };
         for (_, src) in SOURCES {
             if let Ok(k) = KnownSchema::parse(src) {
-                set.by_fingerprint.insert(k.fingerprint, Arc::new(k));
+                set.insert(k);
             }
         }
         set
@@ -115,9 +143,15 @@ impl SchemaSet {
 
     /// Adds another writer schema version (an `.avsc` document).
     pub fn with_version(mut self, source: &str) -> Result<Self, apache_avro::Error> {
-        let k = KnownSchema::parse(source)?;
-        self.by_fingerprint.insert(k.fingerprint, Arc::new(k));
+        self.insert(KnownSchema::parse(source)?);
         Ok(self)
+    }
+
+    fn insert(&mut self, k: KnownSchema) {
+        let alias = apache_avro_fingerprint(&k.schema);
+        let k = Arc::new(k);
+        self.by_fingerprint.insert(alias, k.clone());
+        self.by_fingerprint.insert(k.fingerprint, k);
     }
 
     /// Looks a writer schema up by fingerprint.
@@ -127,7 +161,10 @@ impl SchemaSet {
 
     /// Number of known schemas.
     pub fn len(&self) -> usize {
-        self.by_fingerprint.len()
+        let mut names: Vec<u64> = self.by_fingerprint.values().map(|k| k.fingerprint).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.len()
     }
 
     /// Whether the set is empty.
@@ -158,5 +195,21 @@ mod tests {
             assert!(CURRENT.contains_key(name));
         }
         assert_eq!(SchemaSet::current().len(), SOURCES.len());
+    }
+
+    #[test]
+    fn fingerprints_follow_the_specification() {
+        // Reference values computed from the specification's canonical form
+        // by an independent implementation (fastavro's to_parsing_canonical_form
+        // and the CRC-64-AVRO of the spec, tests/python/produce_notification.py).
+        let dedup = KnownSchema::parse(SOURCES[3].1).expect("parse");
+        assert_eq!(
+            canonical_form(&dedup.schema),
+            r#"{"name":"herald.DedupEntry","type":"record","fields":[{"name":"expires_at","type":"long"},{"name":"source_partition","type":"int"},{"name":"source_offset","type":"long"}]}"#
+        );
+        assert_eq!(dedup.fingerprint, 0xd8a9_bd95_8c19_85bc);
+        // The specification's own example: the fingerprint of "int".
+        let int = Schema::parse_str(r#""int""#).expect("int");
+        assert_eq!(fingerprint(&int), 0x7275_d51a_3f39_5c8f);
     }
 }
