@@ -38,6 +38,9 @@ pub struct DevSettings {
 
 impl Default for DevSettings {
     fn default() -> Self {
-        Self { embedded_brokers: 1, drain: Duration::from_secs(10) }
+        Self {
+            embedded_brokers: 1,
+            drain: Duration::from_secs(10),
+        }
     }
 }

@@ -19,13 +19,16 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
     let topology;
     if config.kafka.bootstrap.trim().is_empty() {
         let brokers = config.dev.embedded_brokers.max(1);
-        let cluster = EmbeddedCluster::start(brokers).context("starting the embedded Kafka cluster")?;
+        let cluster =
+            EmbeddedCluster::start(brokers).context("starting the embedded Kafka cluster")?;
         config.kafka.bootstrap = cluster.bootstrap();
         let mut topics = config.topics.clone();
         topics.replication_factor = topics.replication_factor.min(brokers);
         topics.min_insync_replicas = topics.min_insync_replicas.min(topics.replication_factor);
         topology = Topology::new(topics);
-        let n = cluster.create_topology(&topology, brokers).context("creating topics")?;
+        let n = cluster
+            .create_topology(&topology, brokers)
+            .context("creating topics")?;
         println!("kafka      {} (embedded librdkafka mock cluster, {brokers} broker(s), {n} topics; volatile)", config.kafka.bootstrap);
         embedded = Some(cluster);
     } else {
@@ -43,13 +46,21 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
             println!("drift      {drift}");
         }
     }
-    println!("topics     {}.* (input: {})", topology.settings().prefix, topology.notifications());
+    println!(
+        "topics     {}.* (input: {})",
+        topology.settings().prefix,
+        topology.notifications()
+    );
 
     let mut supervisor = Supervisor::new("dev", config.dev.drain);
     let admin_state = AdminState::new("dev");
-    let (admin_addr, admin_task) = serve_admin(config.admin.listen, admin_state.clone(), supervisor.shutdown())
-        .await
-        .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
+    let (admin_addr, admin_task) = serve_admin(
+        config.admin.listen,
+        admin_state.clone(),
+        supervisor.shutdown(),
+    )
+    .await
+    .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
     supervisor.spawn("admin", async move { Ok(admin_task.await??) });
     println!("admin      http://{admin_addr}/metrics  /healthz  /readyz");
     println!("stages     none yet: the router, delivery workers, tracker and scaler join `herald dev` as they land");

@@ -63,8 +63,12 @@ async fn main() -> ExitCode {
     herald_telemetry::init_tracing(&config.log);
     let result = match cli.command {
         Command::Dev => dev::run(config).await,
-        Command::Topics { action: TopicsAction::Apply { strict } } => topics::apply(&config, strict).await,
-        Command::Topics { action: TopicsAction::Describe } => topics::describe(&config).await,
+        Command::Topics {
+            action: TopicsAction::Apply { strict },
+        } => topics::apply(&config, strict).await,
+        Command::Topics {
+            action: TopicsAction::Describe,
+        } => topics::describe(&config).await,
     };
     match result {
         Ok(code) => code,

@@ -25,7 +25,11 @@ pub async fn apply(config: &CliConfig, strict: bool) -> anyhow::Result<ExitCode>
         report.unchanged.len(),
         report.drift.len()
     );
-    Ok(if strict && !report.drift.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if strict && !report.drift.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Prints the live state of every declared topic.
@@ -33,13 +37,23 @@ pub async fn describe(config: &CliConfig) -> anyhow::Result<ExitCode> {
     let admin = config.kafka.admin().context("kafka settings")?;
     let topology = Topology::new(config.topics.clone());
     let live = topology::describe(&admin, &topology, config.kafka.request_timeout).await?;
-    println!("{:<40} {:>10} {:>4} {:<8} {:>12} {:>6}  drift", "topic", "partitions", "rf", "cleanup", "retention.ms", "min.isr");
+    println!(
+        "{:<40} {:>10} {:>4} {:<8} {:>12} {:>6}  drift",
+        "topic", "partitions", "rf", "cleanup", "retention.ms", "min.isr"
+    );
     for (spec, t) in topology.topics().iter().zip(&live) {
         let get = |k: &str| t.configs.get(k).cloned().unwrap_or_else(|| "-".into());
         let (partitions, rf, drift) = match (t.partitions, t.replication_factor) {
             (Some(p), Some(rf)) => {
                 let d = drift_of(spec, t);
-                let drift = if d.is_empty() { "none".to_string() } else { d.iter().map(|d| d.setting.clone()).collect::<Vec<_>>().join(",") };
+                let drift = if d.is_empty() {
+                    "none".to_string()
+                } else {
+                    d.iter()
+                        .map(|d| d.setting.clone())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 (p.to_string(), rf.to_string(), drift)
             }
             _ => ("missing".into(), "-".into(), "missing".into()),

@@ -2,6 +2,9 @@
 //! stack and stops cleanly on Ctrl-C; `herald topics apply` is idempotent and
 //! reports drift.
 
+// Tests fail loudly on unexpected errors: that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -23,7 +26,11 @@ const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
@@ -69,27 +76,44 @@ async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
         }
     }
     let bootstrap = field(&lines, "kafka").to_string();
-    let admin = field(&lines, "admin").trim_start_matches("http://").trim_end_matches("/metrics").to_string();
-    assert!(bootstrap.starts_with("127.0.0.1:"), "embedded cluster on loopback: {bootstrap}");
+    let admin = field(&lines, "admin")
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    assert!(
+        bootstrap.starts_with("127.0.0.1:"),
+        "embedded cluster on loopback: {bootstrap}"
+    );
 
     assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
     assert!(http_get(&admin, "/metrics").contains("herald_ready{stage=\"dev\"} 1"));
 
     // The topics exist: a product team's event goes in and comes back out.
     let settings = KafkaSettings::with_bootstrap(bootstrap.clone());
-    let producer = settings.producer("test", &ProducerKind::Idempotent).expect("producer");
+    let producer = settings
+        .producer("test", &ProducerKind::Idempotent)
+        .expect("producer");
     let event = sample::notification(1, 1_790_000_000_000);
     let bytes = herald_codec::encode_single_object(&event).expect("encode");
     producer
-        .send(FutureRecord::to("herald.notifications").key(&event.user_id).payload(&bytes), Timeout::After(Duration::from_secs(10)))
+        .send(
+            FutureRecord::to("herald.notifications")
+                .key(&event.user_id)
+                .payload(&bytes),
+            Timeout::After(Duration::from_secs(10)),
+        )
         .await
         .map_err(|(e, _)| e)
         .expect("produce to the embedded cluster");
-    let consumer = settings.consumer("test", "dev-test", DefaultConsumerContext).expect("consumer");
+    let consumer = settings
+        .consumer("test", "dev-test", DefaultConsumerContext)
+        .expect("consumer");
     // Assigned, not subscribed: no group rebalance to wait for.
     let mut assignment = rdkafka::TopicPartitionList::new();
     for p in 0..3 {
-        assignment.add_partition_offset("herald.notifications", p, rdkafka::Offset::Beginning).expect("partition");
+        assignment
+            .add_partition_offset("herald.notifications", p, rdkafka::Offset::Beginning)
+            .expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
     let msg = tokio::time::timeout(Duration::from_secs(30), consumer.stream().next())
@@ -97,14 +121,20 @@ async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
         .expect("a record within 30s")
         .expect("stream")
         .expect("message");
-    let got: NotificationRequested = Codec::single_object().decode(msg.payload().expect("payload")).await.expect("decode");
+    let got: NotificationRequested = Codec::single_object()
+        .decode(msg.payload().expect("payload"))
+        .await
+        .expect("decode");
     assert_eq!(got, event);
     // A message keeps its partition (and so the client) alive: release it first.
     drop(msg);
     drop(consumer);
 
     // Ctrl-C: drains and exits 0.
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let started = Instant::now();
     let exit = loop {
@@ -121,7 +151,10 @@ async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
         lines.push(l);
     }
     assert!(exit.success(), "exit {exit:?}: {lines:#?}");
-    assert!(lines.iter().any(|l| l.starts_with("stopped    cleanly")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("stopped    cleanly")),
+        "{lines:#?}"
+    );
 }
 
 fn topics_apply(bootstrap: &str, prefix: &str, partitions: &str, strict: bool) -> (i32, String) {
@@ -136,14 +169,20 @@ fn topics_apply(bootstrap: &str, prefix: &str, partitions: &str, strict: bool) -
         cmd.arg("--strict");
     }
     let out = cmd.output().expect("run herald topics apply");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 #[tokio::test]
 async fn herald_topics_apply_is_idempotent_and_reports_drift() {
     let broker = TestBroker::start(BrokerKind::Durable);
     let prefix = broker.unique("cli");
-    let topology = herald_kafka::Topology::new(herald_kafka::TopologySettings { prefix: prefix.clone(), ..Default::default() });
+    let topology = herald_kafka::Topology::new(herald_kafka::TopologySettings {
+        prefix: prefix.clone(),
+        ..Default::default()
+    });
     for t in topology.topics() {
         broker.track(&t.name);
     }
@@ -151,15 +190,26 @@ async fn herald_topics_apply_is_idempotent_and_reports_drift() {
 
     let (code, out) = topics_apply(broker.bootstrap(), &prefix, "2", false);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("{total} created, 0 unchanged, 0 drifted")), "{out}");
+    assert!(
+        out.contains(&format!("{total} created, 0 unchanged, 0 drifted")),
+        "{out}"
+    );
 
     let (code, out) = topics_apply(broker.bootstrap(), &prefix, "2", true);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("0 created, {total} unchanged, 0 drifted")), "{out}");
+    assert!(
+        out.contains(&format!("0 created, {total} unchanged, 0 drifted")),
+        "{out}"
+    );
 
     let (code, out) = topics_apply(broker.bootstrap(), &prefix, "5", true);
     assert_eq!(code, 2, "--strict fails on drift: {out}");
-    assert!(out.contains(&format!("drift      {prefix}.notifications: partitions is 2 (declared 5)")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "drift      {prefix}.notifications: partitions is 2 (declared 5)"
+        )),
+        "{out}"
+    );
 
     let out = Command::new(HERALD)
         .args(["topics", "describe"])
@@ -171,8 +221,14 @@ async fn herald_topics_apply_is_idempotent_and_reports_drift() {
         .output()
         .expect("describe");
     let text = String::from_utf8_lossy(&out.stdout);
-    let state = text.lines().find(|l| l.starts_with(&format!("{prefix}.dedup-state "))).unwrap_or_else(|| panic!("{text}"));
-    assert!(state.contains("compact") && state.trim_end().ends_with("none"), "{state}");
+    let state = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{prefix}.dedup-state ")))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        state.contains("compact") && state.trim_end().ends_with("none"),
+        "{state}"
+    );
 }
 
 #[test]

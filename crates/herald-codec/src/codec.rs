@@ -39,7 +39,11 @@ impl Codec {
     /// Single-object framing, the compiled-in schemas, no registry.
     pub fn single_object() -> Self {
         limit_allocations();
-        Self { framing: Framing::SingleObject, schemas: SchemaSet::current(), registry: None }
+        Self {
+            framing: Framing::SingleObject,
+            schemas: SchemaSet::current(),
+            registry: None,
+        }
     }
 
     /// A codec writing `framing`, reading both framings. Confluent framing
@@ -55,7 +59,11 @@ impl Codec {
         if framing == Framing::Confluent && registry.is_none() {
             return Err("codec.framing = \"confluent\" needs codec.registry.url".to_string());
         }
-        Ok(Self { framing, schemas, registry })
+        Ok(Self {
+            framing,
+            schemas,
+            registry,
+        })
     }
 
     /// The framing this codec writes.
@@ -71,7 +79,10 @@ impl Codec {
                 self.decode_single_object_body(fingerprint, body)
             }
             Header::Confluent { id, body } => {
-                let registry = self.registry.as_ref().ok_or(DecodeError::NoRegistry { id })?;
+                let registry = self
+                    .registry
+                    .as_ref()
+                    .ok_or(DecodeError::NoRegistry { id })?;
                 let writer = registry.writer_schema(id).await?;
                 decode_body::<T>(&writer.parsed, body)
             }
@@ -94,8 +105,10 @@ impl Codec {
         fingerprint: u64,
         body: &[u8],
     ) -> Result<T, DecodeError> {
-        let writer =
-            self.schemas.get(fingerprint).ok_or(DecodeError::UnknownFingerprint { fingerprint })?;
+        let writer = self
+            .schemas
+            .get(fingerprint)
+            .ok_or(DecodeError::UnknownFingerprint { fingerprint })?;
         decode_body::<T>(&writer.schema, body)
     }
 
@@ -122,12 +135,21 @@ pub fn encode_single_object<T: Record>(value: &T) -> Result<Vec<u8>, EncodeError
 }
 
 fn source_of<T: Record>() -> &'static str {
-    contract::SOURCES.iter().find(|(n, _)| *n == T::NAME).map(|(_, s)| *s).unwrap_or("")
+    contract::SOURCES
+        .iter()
+        .find(|(n, _)| *n == T::NAME)
+        .map(|(_, s)| *s)
+        .unwrap_or("")
 }
 
 fn write_body<T: Record>(out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
-    let schema_error = |e: apache_avro::Error| EncodeError::Schema { record: T::NAME, message: e.to_string() };
-    let writer = GenericDatumWriter::builder(T::schema()).build().map_err(schema_error)?;
+    let schema_error = |e: apache_avro::Error| EncodeError::Schema {
+        record: T::NAME,
+        message: e.to_string(),
+    };
+    let writer = GenericDatumWriter::builder(T::schema())
+        .build()
+        .map_err(schema_error)?;
     writer.write_ser(out, value).map_err(schema_error)?;
     Ok(())
 }
@@ -135,26 +157,42 @@ fn write_body<T: Record>(out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError
 fn decode_body<T: Record>(writer: &Schema, body: &[u8]) -> Result<T, DecodeError> {
     let found = record_name(writer);
     if found != T::NAME {
-        return Err(DecodeError::WrongRecord { expected: T::NAME, found });
+        return Err(DecodeError::WrongRecord {
+            expected: T::NAME,
+            found,
+        });
     }
-    let malformed = |message: String| DecodeError::Malformed { record: T::NAME, message };
+    let malformed = |message: String| DecodeError::Malformed {
+        record: T::NAME,
+        message,
+    };
     let reader_schema = T::schema();
     // Same schema: skip resolution, which is the costly half of a read.
     let reader = if contract::fingerprint(writer) == contract::fingerprint(reader_schema) {
         GenericDatumReader::builder(writer).build()
     } else {
-        GenericDatumReader::builder(writer).reader_schema(reader_schema).build()
+        GenericDatumReader::builder(writer)
+            .reader_schema(reader_schema)
+            .build()
     }
     .map_err(|e| malformed(e.to_string()))?;
-    let mut input = EofGuard { rest: body, hit_eof: false };
-    let value = reader.read_value(&mut input).map_err(|e| malformed(e.to_string()))?;
+    let mut input = EofGuard {
+        rest: body,
+        hit_eof: false,
+    };
+    let value = reader
+        .read_value(&mut input)
+        .map_err(|e| malformed(e.to_string()))?;
     if input.hit_eof {
         // apache-avro reads a nullable union at end of input as null; a
         // record cut short there must not pass as one with empty fields.
         return Err(malformed("body ends before the record does".to_string()));
     }
     if !input.rest.is_empty() {
-        return Err(malformed(format!("{} trailing bytes after the record", input.rest.len())));
+        return Err(malformed(format!(
+            "{} trailing bytes after the record",
+            input.rest.len()
+        )));
     }
     apache_avro::from_value::<T>(&value).map_err(|e| malformed(e.to_string()))
 }

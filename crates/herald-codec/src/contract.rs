@@ -13,11 +13,26 @@ use serde::Serialize;
 
 /// The `.avsc` sources, by record name, exactly as in `schemas/`.
 pub const SOURCES: &[(&str, &str)] = &[
-    ("herald.NotificationRequested", include_str!("../../../schemas/NotificationRequested.avsc")),
-    ("herald.ChannelMessage", include_str!("../../../schemas/ChannelMessage.avsc")),
-    ("herald.DeliveryStatus", include_str!("../../../schemas/DeliveryStatus.avsc")),
-    ("herald.DedupEntry", include_str!("../../../schemas/DedupEntry.avsc")),
-    ("herald.Preferences", include_str!("../../../schemas/Preferences.avsc")),
+    (
+        "herald.NotificationRequested",
+        include_str!("../../../schemas/NotificationRequested.avsc"),
+    ),
+    (
+        "herald.ChannelMessage",
+        include_str!("../../../schemas/ChannelMessage.avsc"),
+    ),
+    (
+        "herald.DeliveryStatus",
+        include_str!("../../../schemas/DeliveryStatus.avsc"),
+    ),
+    (
+        "herald.DedupEntry",
+        include_str!("../../../schemas/DedupEntry.avsc"),
+    ),
+    (
+        "herald.Preferences",
+        include_str!("../../../schemas/Preferences.avsc"),
+    ),
 ];
 
 /// A record of the wire contract.
@@ -27,7 +42,10 @@ pub trait Record: Serialize + DeserializeOwned {
 
     /// The current (reader) schema compiled in from `schemas/`.
     fn schema() -> &'static Schema {
-        CURRENT.get(Self::NAME).map(|s| &s.schema).unwrap_or(&FALLBACK)
+        CURRENT
+            .get(Self::NAME)
+            .map(|s| &s.schema)
+            .unwrap_or(&FALLBACK)
     }
 }
 
@@ -67,7 +85,11 @@ impl KnownSchema {
             other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)),
         };
         let fingerprint = fingerprint(&schema);
-        Ok(Self { name, schema, fingerprint })
+        Ok(Self {
+            name,
+            schema,
+            fingerprint,
+        })
     }
 }
 
@@ -93,8 +115,13 @@ pub fn apache_avro_fingerprint(schema: &Schema) -> u64 {
 /// such a primitive, so it is rewritten to the bare name.
 pub fn canonical_form(schema: &Schema) -> String {
     let mut form = schema.canonical_form();
-    for primitive in ["null", "boolean", "int", "long", "float", "double", "bytes", "string"] {
-        form = form.replace(&format!("{{\"type\":\"{primitive}\"}}"), &format!("\"{primitive}\""));
+    for primitive in [
+        "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+    ] {
+        form = form.replace(
+            &format!("{{\"type\":\"{primitive}\"}}"),
+            &format!("\"{primitive}\""),
+        );
     }
     form
 }
@@ -132,7 +159,9 @@ pub struct SchemaSet {
 impl SchemaSet {
     /// The schemas compiled in from `schemas/`.
     pub fn current() -> Self {
-        let mut set = Self { by_fingerprint: HashMap::new() };
+        let mut set = Self {
+            by_fingerprint: HashMap::new(),
+        };
         for (_, src) in SOURCES {
             if let Ok(k) = KnownSchema::parse(src) {
                 set.insert(k);
@@ -161,7 +190,11 @@ impl SchemaSet {
 
     /// Number of known schemas.
     pub fn len(&self) -> usize {
-        let mut names: Vec<u64> = self.by_fingerprint.values().map(|k| k.fingerprint).collect();
+        let mut names: Vec<u64> = self
+            .by_fingerprint
+            .values()
+            .map(|k| k.fingerprint)
+            .collect();
         names.sort_unstable();
         names.dedup();
         names.len()
@@ -188,7 +221,11 @@ mod tests {
             .filter(|n| n.ends_with(".avsc"))
             .collect();
         on_disk.sort();
-        assert_eq!(on_disk.len(), SOURCES.len(), "schemas/ and SOURCES disagree: {on_disk:?}");
+        assert_eq!(
+            on_disk.len(),
+            SOURCES.len(),
+            "schemas/ and SOURCES disagree: {on_disk:?}"
+        );
         for (name, src) in SOURCES {
             let k = KnownSchema::parse(src).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(&k.name, name);

@@ -121,7 +121,9 @@ impl EncodeError {
     /// Retry versus give up.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Registry { retryable: true, .. } => ErrorClass::Retryable,
+            Self::Registry {
+                retryable: true, ..
+            } => ErrorClass::Retryable,
             _ => ErrorClass::Permanent,
         }
     }

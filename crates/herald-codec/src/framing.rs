@@ -22,14 +22,26 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Header<'_>, DecodeError> {
         [CONFLUENT_MAGIC, rest @ ..] => {
             let (id, body) = rest
                 .split_first_chunk::<4>()
-                .ok_or(DecodeError::Truncated { needed: 5, got: bytes.len() })?;
-            Ok(Header::Confluent { id: u32::from_be_bytes(*id), body })
+                .ok_or(DecodeError::Truncated {
+                    needed: 5,
+                    got: bytes.len(),
+                })?;
+            Ok(Header::Confluent {
+                id: u32::from_be_bytes(*id),
+                body,
+            })
         }
         [0xC3, 0x01, rest @ ..] => {
             let (fp, body) = rest
                 .split_first_chunk::<8>()
-                .ok_or(DecodeError::Truncated { needed: 10, got: bytes.len() })?;
-            Ok(Header::SingleObject { fingerprint: u64::from_le_bytes(*fp), body })
+                .ok_or(DecodeError::Truncated {
+                    needed: 10,
+                    got: bytes.len(),
+                })?;
+            Ok(Header::SingleObject {
+                fingerprint: u64::from_le_bytes(*fp),
+                body,
+            })
         }
         [0xC3] => Err(DecodeError::Truncated { needed: 10, got: 1 }),
         [byte, ..] => Err(DecodeError::UnknownMagic { byte: *byte }),
@@ -57,20 +69,38 @@ mod tests {
     #[test]
     fn headers_parse_and_truncation_is_typed() {
         assert!(matches!(parse(&[]), Err(DecodeError::Empty)));
-        assert!(matches!(parse(&[0, 0, 0]), Err(DecodeError::Truncated { needed: 5, got: 3 })));
+        assert!(matches!(
+            parse(&[0, 0, 0]),
+            Err(DecodeError::Truncated { needed: 5, got: 3 })
+        ));
         assert!(matches!(parse(&[0xC3]), Err(DecodeError::Truncated { .. })));
-        assert!(matches!(parse(&[0xC3, 0x01, 1]), Err(DecodeError::Truncated { .. })));
-        assert!(matches!(parse(&[0x7B, 0x22]), Err(DecodeError::UnknownMagic { byte: 0x7B })));
-        assert!(matches!(parse(&[0xC3, 0x02]), Err(DecodeError::UnknownMagic { byte: 0xC3 })));
+        assert!(matches!(
+            parse(&[0xC3, 0x01, 1]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        assert!(matches!(
+            parse(&[0x7B, 0x22]),
+            Err(DecodeError::UnknownMagic { byte: 0x7B })
+        ));
+        assert!(matches!(
+            parse(&[0xC3, 0x02]),
+            Err(DecodeError::UnknownMagic { byte: 0xC3 })
+        ));
         assert_eq!(
             parse(&[0, 0, 0, 1, 2, 9]).ok(),
-            Some(Header::Confluent { id: 258, body: &[9] })
+            Some(Header::Confluent {
+                id: 258,
+                body: &[9]
+            })
         );
         let mut so = single_object(0x0102_0304_0506_0708, 0);
         so.push(7);
         assert_eq!(
             parse(&so).ok(),
-            Some(Header::SingleObject { fingerprint: 0x0102_0304_0506_0708, body: &[7] })
+            Some(Header::SingleObject {
+                fingerprint: 0x0102_0304_0506_0708,
+                body: &[7]
+            })
         );
     }
 }

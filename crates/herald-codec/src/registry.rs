@@ -40,7 +40,12 @@ fn default_timeout() -> Duration {
 impl RegistrySettings {
     /// Settings for a registry at `url` with no authentication.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), username: None, password: None, timeout: default_timeout() }
+        Self {
+            url: url.into(),
+            username: None,
+            password: None,
+            timeout: default_timeout(),
+        }
     }
 }
 
@@ -63,16 +68,25 @@ impl Registry {
             builder.set_basic_authorization(user, settings.password.as_ref().map(Secret::expose));
         }
         let sr = builder.build().map_err(|e| e.error)?;
-        Ok(Self { decoder: AvroDecoder::new(sr.clone()), encoder: AvroEncoder::new(sr) })
+        Ok(Self {
+            decoder: AvroDecoder::new(sr.clone()),
+            encoder: AvroEncoder::new(sr),
+        })
     }
 
     /// The writer schema registered under `id` (cached after the first call).
     pub(crate) async fn writer_schema(&self, id: u32) -> Result<Arc<AvroSchema>, DecodeError> {
         self.decoder.get_schema(id).await.map_err(|e| {
             if e.retriable {
-                DecodeError::RegistryUnavailable { id, message: e.error }
+                DecodeError::RegistryUnavailable {
+                    id,
+                    message: e.error,
+                }
             } else {
-                DecodeError::UnknownSchemaId { id, message: e.error }
+                DecodeError::UnknownSchemaId {
+                    id,
+                    message: e.error,
+                }
             }
         })
     }
@@ -85,9 +99,13 @@ impl Registry {
         record: &'static str,
         source: &str,
     ) -> Result<u32, EncodeError> {
-        let supplied =
-            SuppliedSchema::new(Some(record.to_string()), SchemaType::Avro, source.to_string());
-        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_string(), false, supplied);
+        let supplied = SuppliedSchema::new(
+            Some(record.to_string()),
+            SchemaType::Avro,
+            source.to_string(),
+        );
+        let strategy =
+            SubjectNameStrategy::TopicNameStrategyWithSchema(topic.to_string(), false, supplied);
         let subject = format!("{topic}-value");
         // The cache key names the record too: one subject, one record type.
         let cache_key = format!("{subject}#{record}");
@@ -95,7 +113,11 @@ impl Registry {
             .get_schema_and_id(&cache_key, strategy)
             .await
             .map(|s| s.id)
-            .map_err(|e| EncodeError::Registry { subject, message: e.error, retryable: e.retriable })
+            .map_err(|e| EncodeError::Registry {
+                subject,
+                message: e.error,
+                retryable: e.retriable,
+            })
     }
 }
 

@@ -1,12 +1,17 @@
 //! The wire contract: every record round-trips in both framings, versions
 //! resolve across the evolution rules, and malformed input is a typed error.
 
+// Tests fail loudly on unexpected errors: that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use herald_codec::contract::fingerprint;
-use herald_codec::{encode_single_object, Codec, DecodeError, Framing, Record, RegistrySettings, SchemaSet};
+use herald_codec::{
+    encode_single_object, Codec, DecodeError, Framing, Record, RegistrySettings, SchemaSet,
+};
 use herald_model::sample;
 use herald_model::wire::NotificationRequested;
 use herald_testkit::TestRegistry;
@@ -16,22 +21,52 @@ const NOW: i64 = 1_790_000_000_000;
 const V2: &str = include_str!("fixtures/NotificationRequested.v2.avsc");
 
 fn confluent_codec(registry: &TestRegistry) -> Codec {
-    Codec::new(Framing::Confluent, Some(&RegistrySettings::new(registry.url())), SchemaSet::current())
-        .expect("codec")
+    Codec::new(
+        Framing::Confluent,
+        Some(&RegistrySettings::new(registry.url())),
+        SchemaSet::current(),
+    )
+    .expect("codec")
 }
 
 async fn round_trip<T: Record + PartialEq + std::fmt::Debug>(value: T, confluent: &Codec) {
     let topic = format!("herald.test.{}", T::NAME);
     let local = Codec::single_object();
-    let bytes = local.encode(&topic, &value).await.expect("encode single-object");
-    assert_eq!(&bytes[..2], &[0xC3, 0x01], "{}: single-object magic", T::NAME);
-    assert_eq!(local.decode::<T>(&bytes).await.expect("decode single-object"), value);
+    let bytes = local
+        .encode(&topic, &value)
+        .await
+        .expect("encode single-object");
+    assert_eq!(
+        &bytes[..2],
+        &[0xC3, 0x01],
+        "{}: single-object magic",
+        T::NAME
+    );
+    assert_eq!(
+        local
+            .decode::<T>(&bytes)
+            .await
+            .expect("decode single-object"),
+        value
+    );
 
-    let bytes = confluent.encode(&topic, &value).await.expect("encode confluent");
+    let bytes = confluent
+        .encode(&topic, &value)
+        .await
+        .expect("encode confluent");
     assert_eq!(bytes[0], 0x00, "{}: confluent magic", T::NAME);
-    assert_eq!(confluent.decode::<T>(&bytes).await.expect("decode confluent"), value);
+    assert_eq!(
+        confluent
+            .decode::<T>(&bytes)
+            .await
+            .expect("decode confluent"),
+        value
+    );
     // A reader with no registry configured says so instead of guessing.
-    assert!(matches!(local.decode::<T>(&bytes).await, Err(DecodeError::NoRegistry { .. })));
+    assert!(matches!(
+        local.decode::<T>(&bytes).await,
+        Err(DecodeError::NoRegistry { .. })
+    ));
 }
 
 #[tokio::test]
@@ -62,7 +97,11 @@ async fn every_schema_round_trips_in_both_framings() {
     let registry = server;
     // Schemas are registered once per subject and fetched once per id (cached).
     assert_eq!(registry.registrations(), 5);
-    assert!(registry.fetches() <= 5, "fetched {} times", registry.fetches());
+    assert!(
+        registry.fetches() <= 5,
+        "fetched {} times",
+        registry.fetches()
+    );
 }
 
 fn v2_schema() -> Schema {
@@ -75,13 +114,32 @@ async fn v1_written_records_decode_with_a_v2_reader() {
     let bytes = encode_single_object(&event).expect("encode");
     let v1 = NotificationRequested::schema();
     let v2 = v2_schema();
-    let reader = GenericDatumReader::builder(v1).reader_schema(&v2).build().expect("reader");
-    let value = reader.read_value(&mut &bytes[10..]).expect("v1 resolves against v2");
-    let Value::Record(fields) = value else { panic!("not a record") };
-    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    assert_eq!(field("campaign"), Some(Value::Union(0, Box::new(Value::Null))), "default filled");
+    let reader = GenericDatumReader::builder(v1)
+        .reader_schema(&v2)
+        .build()
+        .expect("reader");
+    let value = reader
+        .read_value(&mut &bytes[10..])
+        .expect("v1 resolves against v2");
+    let Value::Record(fields) = value else {
+        panic!("not a record")
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        field("campaign"),
+        Some(Value::Union(0, Box::new(Value::Null))),
+        "default filled"
+    );
     assert_eq!(field("tags"), Some(Value::Array(vec![])));
-    assert_eq!(field("idempotency_key"), Some(Value::String("order-5".into())));
+    assert_eq!(
+        field("idempotency_key"),
+        Some(Value::String("order-5".into()))
+    );
 }
 
 /// Writes `event` as a v2 producer would, with the v2 fields set.
@@ -89,7 +147,10 @@ fn v2_bytes(event: &NotificationRequested) -> Vec<u8> {
     let v1 = NotificationRequested::schema();
     let v2 = v2_schema();
     let bytes = encode_single_object(event).expect("encode");
-    let reader = GenericDatumReader::builder(v1).reader_schema(&v2).build().expect("reader");
+    let reader = GenericDatumReader::builder(v1)
+        .reader_schema(&v2)
+        .build()
+        .expect("reader");
     let Value::Record(mut fields) = reader.read_value(&mut &bytes[10..]).expect("resolve") else {
         panic!("not a record")
     };
@@ -103,7 +164,9 @@ fn v2_bytes(event: &NotificationRequested) -> Vec<u8> {
     let writer = GenericDatumWriter::builder(&v2).build().expect("writer");
     let mut out = vec![0xC3, 0x01];
     out.extend_from_slice(&fingerprint(&v2).to_le_bytes());
-    writer.write_value(&mut out, Value::Record(fields)).expect("write v2");
+    writer
+        .write_value(&mut out, Value::Record(fields))
+        .expect("write v2");
     out
 }
 
@@ -113,13 +176,24 @@ async fn v2_written_records_decode_with_the_current_reader_once_v2_is_known() {
     let bytes = v2_bytes(&event);
 
     // Not known yet: a typed error naming the fingerprint, not a guess.
-    let err = Codec::single_object().decode::<NotificationRequested>(&bytes).await.unwrap_err();
-    assert!(matches!(err, DecodeError::UnknownFingerprint { fingerprint } if fingerprint == fingerprint_of_v2()));
+    let err = Codec::single_object()
+        .decode::<NotificationRequested>(&bytes)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DecodeError::UnknownFingerprint { fingerprint } if fingerprint == fingerprint_of_v2())
+    );
 
     // Known: the new fields are skipped and the rest reads as written.
     let schemas = SchemaSet::current().with_version(V2).expect("v2");
     let codec = Codec::new(Framing::SingleObject, None, schemas).expect("codec");
-    assert_eq!(codec.decode::<NotificationRequested>(&bytes).await.expect("decode"), event);
+    assert_eq!(
+        codec
+            .decode::<NotificationRequested>(&bytes)
+            .await
+            .expect("decode"),
+        event
+    );
 }
 
 fn fingerprint_of_v2() -> u64 {
@@ -135,8 +209,20 @@ async fn v2_records_from_the_registry_decode_with_the_current_reader() {
     bytes.extend_from_slice(&id.to_be_bytes());
     bytes.extend_from_slice(&v2_bytes(&event)[10..]);
     let codec = confluent_codec(&registry);
-    assert_eq!(codec.decode::<NotificationRequested>(&bytes).await.expect("decode"), event);
-    assert_eq!(codec.decode::<NotificationRequested>(&bytes).await.expect("again"), event);
+    assert_eq!(
+        codec
+            .decode::<NotificationRequested>(&bytes)
+            .await
+            .expect("decode"),
+        event
+    );
+    assert_eq!(
+        codec
+            .decode::<NotificationRequested>(&bytes)
+            .await
+            .expect("again"),
+        event
+    );
     assert_eq!(registry.fetches(), 1, "the writer schema is cached");
 }
 
@@ -145,17 +231,34 @@ async fn registry_failures_are_typed_and_classified() {
     let registry = TestRegistry::start().await.expect("registry");
     let codec = confluent_codec(&registry);
     let unknown = [0u8, 0, 0, 0, 42, 2, 0];
-    let err = codec.decode::<NotificationRequested>(&unknown).await.unwrap_err();
-    assert!(matches!(err, DecodeError::UnknownSchemaId { id: 42, .. }), "{err}");
+    let err = codec
+        .decode::<NotificationRequested>(&unknown)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DecodeError::UnknownSchemaId { id: 42, .. }),
+        "{err}"
+    );
     assert_eq!(err.class(), herald_model::ErrorClass::Poison);
 
-    let id = registry.register("x-value", include_str!("../../../schemas/NotificationRequested.avsc"));
+    let id = registry.register(
+        "x-value",
+        include_str!("../../../schemas/NotificationRequested.avsc"),
+    );
     registry.set_unavailable(true);
     let mut bytes = vec![0u8];
     bytes.extend_from_slice(&id.to_be_bytes());
-    bytes.extend_from_slice(&encode_single_object(&sample::notification(1, NOW)).expect("enc")[10..]);
-    let err = codec.decode::<NotificationRequested>(&bytes).await.unwrap_err();
-    assert!(matches!(err, DecodeError::RegistryUnavailable { .. }), "{err}");
+    bytes.extend_from_slice(
+        &encode_single_object(&sample::notification(1, NOW)).expect("enc")[10..],
+    );
+    let err = codec
+        .decode::<NotificationRequested>(&bytes)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DecodeError::RegistryUnavailable { .. }),
+        "{err}"
+    );
     assert_eq!(err.class(), herald_model::ErrorClass::Retryable);
     // The outage is not cached: once the registry is back, the record decodes.
     registry.set_unavailable(false);
@@ -165,7 +268,10 @@ async fn registry_failures_are_typed_and_classified() {
 #[tokio::test]
 async fn a_record_of_another_type_is_a_wrong_record_error() {
     let status = encode_single_object(&sample::delivery_status(1, NOW)).expect("encode");
-    let err = Codec::single_object().decode::<NotificationRequested>(&status).await.unwrap_err();
+    let err = Codec::single_object()
+        .decode::<NotificationRequested>(&status)
+        .await
+        .unwrap_err();
     assert!(matches!(err, DecodeError::WrongRecord { .. }), "{err}");
 }
 
@@ -174,9 +280,14 @@ fn every_truncation_of_a_valid_record_is_a_typed_error() {
     let codec = Codec::single_object();
     let bytes = encode_single_object(&sample::notification(3, NOW)).expect("encode");
     for len in 0..bytes.len() {
-        let err = codec.decode_local::<NotificationRequested>(&bytes[..len]).unwrap_err();
+        let err = codec
+            .decode_local::<NotificationRequested>(&bytes[..len])
+            .unwrap_err();
         assert!(
-            matches!(err, DecodeError::Empty | DecodeError::Truncated { .. } | DecodeError::Malformed { .. }),
+            matches!(
+                err,
+                DecodeError::Empty | DecodeError::Truncated { .. } | DecodeError::Malformed { .. }
+            ),
             "len {len}: {err}"
         );
     }

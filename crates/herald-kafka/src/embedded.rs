@@ -17,7 +17,9 @@ pub struct EmbeddedCluster {
 impl EmbeddedCluster {
     /// Starts a cluster of `brokers` brokers on loopback.
     pub fn start(brokers: i32) -> Result<Self, rdkafka::error::KafkaError> {
-        Ok(Self { cluster: MockCluster::new(brokers)? })
+        Ok(Self {
+            cluster: MockCluster::new(brokers)?,
+        })
     }
 
     /// The bootstrap address list.
@@ -26,14 +28,27 @@ impl EmbeddedCluster {
     }
 
     /// Creates a topic (the mock cluster has no CreateTopics API).
-    pub fn create_topic(&self, name: &str, partitions: i32, replication: i32) -> Result<(), rdkafka::error::KafkaError> {
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i32,
+    ) -> Result<(), rdkafka::error::KafkaError> {
         self.cluster.create_topic(name, partitions, replication)
     }
 
     /// Creates every topic of `topology`, with replication capped at the broker count.
-    pub fn create_topology(&self, topology: &Topology, brokers: i32) -> Result<usize, rdkafka::error::KafkaError> {
+    pub fn create_topology(
+        &self,
+        topology: &Topology,
+        brokers: i32,
+    ) -> Result<usize, rdkafka::error::KafkaError> {
         for spec in topology.topics() {
-            self.create_topic(&spec.name, spec.partitions, spec.replication_factor.min(brokers))?;
+            self.create_topic(
+                &spec.name,
+                spec.partitions,
+                spec.replication_factor.min(brokers),
+            )?;
         }
         Ok(topology.topics().len())
     }

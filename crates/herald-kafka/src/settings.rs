@@ -135,10 +135,19 @@ const OWNED: &[(&str, &str)] = &[
     ("queue.buffering.max.ms", "kafka.linger"),
     ("group.id", "the stage's consumer group"),
     ("transactional.id", "the stage's processing guarantee"),
-    ("enable.idempotence", "Herald's delivery guarantee (always on)"),
+    (
+        "enable.idempotence",
+        "Herald's delivery guarantee (always on)",
+    ),
     ("acks", "Herald's delivery guarantee (always all)"),
-    ("request.required.acks", "Herald's delivery guarantee (always all)"),
-    ("enable.auto.offset.store", "Herald's offset handling (stored after effects are durable)"),
+    (
+        "request.required.acks",
+        "Herald's delivery guarantee (always all)",
+    ),
+    (
+        "enable.auto.offset.store",
+        "Herald's offset handling (stored after effects are durable)",
+    ),
     ("isolation.level", "Herald's read_committed consumers"),
 ];
 
@@ -154,7 +163,10 @@ pub enum ProducerKind {
 impl KafkaSettings {
     /// Settings pointing at `bootstrap` with every other value defaulted.
     pub fn with_bootstrap(bootstrap: impl Into<String>) -> Self {
-        Self { bootstrap: bootstrap.into(), ..Self::default() }
+        Self {
+            bootstrap: bootstrap.into(),
+            ..Self::default()
+        }
     }
 
     /// Checks the settings without building a client.
@@ -164,20 +176,32 @@ impl KafkaSettings {
         }
         for key in self.overrides.keys() {
             if let Some((_, owner)) = OWNED.iter().find(|(k, _)| k == key) {
-                return Err(SettingsError::OverrideConflict { key: key.clone(), owner });
+                return Err(SettingsError::OverrideConflict {
+                    key: key.clone(),
+                    owner,
+                });
             }
         }
         let s = &self.security;
         if s.protocol.uses_sasl() {
             let protocol = s.protocol.as_str();
             if s.sasl_mechanism.is_none() {
-                return Err(SettingsError::IncompleteSasl { protocol, missing: "sasl_mechanism" });
+                return Err(SettingsError::IncompleteSasl {
+                    protocol,
+                    missing: "sasl_mechanism",
+                });
             }
             if s.username.is_none() {
-                return Err(SettingsError::IncompleteSasl { protocol, missing: "username" });
+                return Err(SettingsError::IncompleteSasl {
+                    protocol,
+                    missing: "username",
+                });
             }
             if s.password.is_none() {
-                return Err(SettingsError::IncompleteSasl { protocol, missing: "password" });
+                return Err(SettingsError::IncompleteSasl {
+                    protocol,
+                    missing: "password",
+                });
             }
         }
         Ok(())
@@ -227,12 +251,24 @@ impl KafkaSettings {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "false");
-        reapply_overrides(&mut c, &self.overrides, &["enable.auto.commit", "auto.commit.interval.ms", "auto.offset.reset"]);
+        reapply_overrides(
+            &mut c,
+            &self.overrides,
+            &[
+                "enable.auto.commit",
+                "auto.commit.interval.ms",
+                "auto.offset.reset",
+            ],
+        );
         Ok(c)
     }
 
     /// Producer configuration: idempotent, acks=all, optionally transactional.
-    pub fn producer_config(&self, role: &str, kind: &ProducerKind) -> Result<ClientConfig, SettingsError> {
+    pub fn producer_config(
+        &self,
+        role: &str,
+        kind: &ProducerKind,
+    ) -> Result<ClientConfig, SettingsError> {
         let mut c = self.base(role)?;
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -253,11 +289,17 @@ impl KafkaSettings {
         group: &str,
         context: C,
     ) -> Result<StreamConsumer<C>, SettingsError> {
-        Ok(self.consumer_config(role, group)?.create_with_context(context)?)
+        Ok(self
+            .consumer_config(role, group)?
+            .create_with_context(context)?)
     }
 
     /// A producer.
-    pub fn producer(&self, role: &str, kind: &ProducerKind) -> Result<FutureProducer, SettingsError> {
+    pub fn producer(
+        &self,
+        role: &str,
+        kind: &ProducerKind,
+    ) -> Result<FutureProducer, SettingsError> {
         Ok(self.producer_config(role, kind)?.create()?)
     }
 
@@ -284,11 +326,15 @@ mod tests {
     #[test]
     fn house_defaults_are_set() {
         let s = KafkaSettings::with_bootstrap("127.0.0.1:9092");
-        let c = s.consumer_config("router", "herald-router").expect("config");
+        let c = s
+            .consumer_config("router", "herald-router")
+            .expect("config");
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(c.get("isolation.level"), Some("read_committed"));
         assert_eq!(c.get("client.id"), Some("herald-router"));
-        let p = s.producer_config("router", &ProducerKind::Transactional("r-0".into())).expect("config");
+        let p = s
+            .producer_config("router", &ProducerKind::Transactional("r-0".into()))
+            .expect("config");
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("transactional.id"), Some("r-0"));
@@ -297,13 +343,18 @@ mod tests {
     #[test]
     fn overrides_that_contradict_typed_settings_are_rejected() {
         let mut s = KafkaSettings::with_bootstrap("b:9092");
-        s.overrides.insert("enable.idempotence".into(), "false".into());
+        s.overrides
+            .insert("enable.idempotence".into(), "false".into());
         let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains("enable.idempotence") && err.contains("always on"), "{err}");
+        assert!(
+            err.contains("enable.idempotence") && err.contains("always on"),
+            "{err}"
+        );
 
         let mut s = KafkaSettings::with_bootstrap("b:9092");
         s.overrides.insert("compression.type".into(), "lz4".into());
-        s.overrides.insert("auto.offset.reset".into(), "latest".into());
+        s.overrides
+            .insert("auto.offset.reset".into(), "latest".into());
         let c = s.consumer_config("x", "g").expect("allowed");
         assert_eq!(c.get("compression.type"), Some("lz4"));
         assert_eq!(c.get("auto.offset.reset"), Some("latest"));
@@ -315,11 +366,20 @@ mod tests {
         s.security.protocol = SecurityProtocol::SaslSsl;
         s.security.sasl_mechanism = Some("SCRAM-SHA-512".into());
         s.security.username = Some("herald".into());
-        assert!(s.validate().unwrap_err().to_string().contains("kafka.security.password"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("kafka.security.password"));
         s.security.password = Some(Secret::new("pa55word"));
-        let c = s.producer_config("p", &ProducerKind::Idempotent).expect("config");
+        let c = s
+            .producer_config("p", &ProducerKind::Idempotent)
+            .expect("config");
         assert_eq!(c.get("sasl.password"), Some("pa55word"));
         assert!(!format!("{s:?}").contains("pa55word"));
-        assert!(matches!(KafkaSettings::default().validate(), Err(SettingsError::NoBootstrap)));
+        assert!(matches!(
+            KafkaSettings::default().validate(),
+            Err(SettingsError::NoBootstrap)
+        ));
     }
 }

@@ -42,7 +42,13 @@ pub struct TopologySettings {
 
 impl Default for TopologySettings {
     fn default() -> Self {
-        Self { prefix: "herald".into(), partitions: 12, channel_partitions: 12, replication_factor: 3, min_insync_replicas: 2 }
+        Self {
+            prefix: "herald".into(),
+            partitions: 12,
+            channel_partitions: 12,
+            replication_factor: 3,
+            min_insync_replicas: 2,
+        }
     }
 }
 
@@ -60,16 +66,30 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    fn new(name: String, partitions: i32, s: &TopologySettings, policy: &str, retention_ms: Option<i64>) -> Self {
+    fn new(
+        name: String,
+        partitions: i32,
+        s: &TopologySettings,
+        policy: &str,
+        retention_ms: Option<i64>,
+    ) -> Self {
         let mut configs = BTreeMap::new();
         configs.insert("cleanup.policy", policy.to_string());
         if let Some(ms) = retention_ms {
             configs.insert("retention.ms", ms.to_string());
         }
         if s.replication_factor > 1 {
-            configs.insert("min.insync.replicas", s.min_insync_replicas.min(s.replication_factor).to_string());
+            configs.insert(
+                "min.insync.replicas",
+                s.min_insync_replicas.min(s.replication_factor).to_string(),
+            );
         }
-        Self { name, partitions, replication_factor: s.replication_factor, configs }
+        Self {
+            name,
+            partitions,
+            replication_factor: s.replication_factor,
+            configs,
+        }
     }
 }
 
@@ -86,12 +106,36 @@ impl Topology {
         let s = &settings;
         let p = &s.prefix;
         let mut topics = vec![
-            TopicSpec::new(format!("{p}.notifications"), s.partitions, s, "delete", Some(7 * DAY_MS)),
+            TopicSpec::new(
+                format!("{p}.notifications"),
+                s.partitions,
+                s,
+                "delete",
+                Some(7 * DAY_MS),
+            ),
             TopicSpec::new(format!("{p}.dedup-state"), s.partitions, s, "compact", None),
             TopicSpec::new(format!("{p}.preferences"), s.partitions, s, "compact", None),
-            TopicSpec::new(format!("{p}.deferred"), s.partitions, s, "delete", Some(7 * DAY_MS)),
-            TopicSpec::new(format!("{p}.status"), s.partitions, s, "delete", Some(7 * DAY_MS)),
-            TopicSpec::new(format!("{p}.dead-letter"), s.partitions, s, "delete", Some(30 * DAY_MS)),
+            TopicSpec::new(
+                format!("{p}.deferred"),
+                s.partitions,
+                s,
+                "delete",
+                Some(7 * DAY_MS),
+            ),
+            TopicSpec::new(
+                format!("{p}.status"),
+                s.partitions,
+                s,
+                "delete",
+                Some(7 * DAY_MS),
+            ),
+            TopicSpec::new(
+                format!("{p}.dead-letter"),
+                s.partitions,
+                s,
+                "delete",
+                Some(30 * DAY_MS),
+            ),
         ];
         for channel in Channel::ALL {
             for lane in Priority::ALL {
@@ -112,8 +156,20 @@ impl Topology {
                     Some(7 * DAY_MS),
                 ));
             }
-            topics.push(TopicSpec::new(format!("{p}.{channel}.dead-letter"), s.channel_partitions, s, "delete", Some(30 * DAY_MS)));
-            topics.push(TopicSpec::new(format!("{p}.{channel}.ledger"), s.channel_partitions, s, "compact", None));
+            topics.push(TopicSpec::new(
+                format!("{p}.{channel}.dead-letter"),
+                s.channel_partitions,
+                s,
+                "delete",
+                Some(30 * DAY_MS),
+            ));
+            topics.push(TopicSpec::new(
+                format!("{p}.{channel}.ledger"),
+                s.channel_partitions,
+                s,
+                "compact",
+                None,
+            ));
         }
         Self { settings, topics }
     }
@@ -159,7 +215,11 @@ pub struct Drift {
 
 impl std::fmt::Display for Drift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} is {} (declared {})", self.topic, self.setting, self.live, self.declared)
+        write!(
+            f,
+            "{}: {} is {} (declared {})",
+            self.topic, self.setting, self.live, self.declared
+        )
     }
 }
 
@@ -217,29 +277,50 @@ pub async fn describe(
     let metadata = admin
         .inner()
         .fetch_metadata(None, timeout)
-        .map_err(|source| TopologyError::Kafka { operation: "metadata", source })?;
+        .map_err(|source| TopologyError::Kafka {
+            operation: "metadata",
+            source,
+        })?;
     let mut live: BTreeMap<String, (i32, i32)> = BTreeMap::new();
     for t in metadata.topics() {
         if t.error().is_none() {
-            let rf = t.partitions().first().map_or(0, |p| p.replicas().len() as i32);
+            let rf = t
+                .partitions()
+                .first()
+                .map_or(0, |p| p.replicas().len() as i32);
             live.insert(t.name().to_string(), (t.partitions().len() as i32, rf));
         }
     }
-    let existing: Vec<&TopicSpec> = topology.topics().iter().filter(|t| live.contains_key(&t.name)).collect();
+    let existing: Vec<&TopicSpec> = topology
+        .topics()
+        .iter()
+        .filter(|t| live.contains_key(&t.name))
+        .collect();
     let mut configs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     if !existing.is_empty() {
-        let resources: Vec<ResourceSpecifier<'_>> = existing.iter().map(|t| ResourceSpecifier::Topic(&t.name)).collect();
+        let resources: Vec<ResourceSpecifier<'_>> = existing
+            .iter()
+            .map(|t| ResourceSpecifier::Topic(&t.name))
+            .collect();
         let opts = AdminOptions::new().request_timeout(Some(timeout));
         let results = admin
             .describe_configs(&resources, &opts)
             .await
-            .map_err(|source| TopologyError::Kafka { operation: "describe configs", source })?;
+            .map_err(|source| TopologyError::Kafka {
+                operation: "describe configs",
+                source,
+            })?;
         for (spec, result) in existing.iter().zip(results) {
             let Ok(resource) = result else { continue };
             let wanted: BTreeMap<String, String> = spec
                 .configs
                 .keys()
-                .filter_map(|k| resource.get(k).and_then(|e| e.value.clone()).map(|v| (k.to_string(), v)))
+                .filter_map(|k| {
+                    resource
+                        .get(k)
+                        .and_then(|e| e.value.clone())
+                        .map(|v| (k.to_string(), v))
+                })
                 .collect();
             configs.insert(spec.name.clone(), wanted);
         }
@@ -264,17 +345,30 @@ pub fn drift_of(spec: &TopicSpec, live: &LiveTopic) -> Vec<Drift> {
     let mut out = Vec::new();
     let mut push = |setting: &str, declared: String, live: String| {
         if declared != live {
-            out.push(Drift { topic: spec.name.clone(), setting: setting.to_string(), declared, live });
+            out.push(Drift {
+                topic: spec.name.clone(),
+                setting: setting.to_string(),
+                declared,
+                live,
+            });
         }
     };
     if let Some(p) = live.partitions {
         push("partitions", spec.partitions.to_string(), p.to_string());
     }
     if let Some(rf) = live.replication_factor {
-        push("replication_factor", spec.replication_factor.to_string(), rf.to_string());
+        push(
+            "replication_factor",
+            spec.replication_factor.to_string(),
+            rf.to_string(),
+        );
     }
     for (key, declared) in &spec.configs {
-        let live_value = live.configs.get(*key).cloned().unwrap_or_else(|| "(unset)".into());
+        let live_value = live
+            .configs
+            .get(*key)
+            .cloned()
+            .unwrap_or_else(|| "(unset)".into());
         push(key, declared.clone(), live_value);
     }
     out
@@ -299,18 +393,27 @@ pub async fn apply(
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|spec| {
-                let mut t = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor));
+                let mut t = NewTopic::new(
+                    &spec.name,
+                    spec.partitions,
+                    TopicReplication::Fixed(spec.replication_factor),
+                );
                 for (k, v) in &spec.configs {
                     t = t.set(k, v);
                 }
                 t
             })
             .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(timeout))
+            .request_timeout(Some(timeout));
         let results = admin
             .create_topics(&new_topics, &opts)
             .await
-            .map_err(|source| TopologyError::Kafka { operation: "create topics", source })?;
+            .map_err(|source| TopologyError::Kafka {
+                operation: "create topics",
+                source,
+            })?;
         for result in results {
             match result {
                 Ok(name) => report.created.push(name),
@@ -340,22 +443,45 @@ mod tests {
 
     #[test]
     fn the_topology_declares_every_stage_topic() {
-        let t = Topology::new(TopologySettings { prefix: "acme".into(), ..TopologySettings::default() });
+        let t = Topology::new(TopologySettings {
+            prefix: "acme".into(),
+            ..TopologySettings::default()
+        });
         let names: Vec<&str> = t.topics().iter().map(|s| s.name.as_str()).collect();
-        for want in ["acme.notifications", "acme.dedup-state", "acme.push.urgent", "acme.email.bulk", "acme.sms.retry-10m", "acme.webhook.ledger"] {
+        for want in [
+            "acme.notifications",
+            "acme.dedup-state",
+            "acme.push.urgent",
+            "acme.email.bulk",
+            "acme.sms.retry-10m",
+            "acme.webhook.ledger",
+        ] {
             assert!(names.contains(&want), "{want} missing");
         }
         assert_eq!(names.len(), 6 + 4 * (3 + 4 + 2));
         let state = &t.topics()[1];
-        assert_eq!(state.configs.get("cleanup.policy").map(String::as_str), Some("compact"));
-        assert_eq!(state.partitions, t.topics()[0].partitions, "dedup state is co-partitioned with the input");
+        assert_eq!(
+            state.configs.get("cleanup.policy").map(String::as_str),
+            Some("compact")
+        );
+        assert_eq!(
+            state.partitions,
+            t.topics()[0].partitions,
+            "dedup state is co-partitioned with the input"
+        );
         assert_eq!(t.lane(Channel::Sms, Priority::Urgent), "acme.sms.urgent");
     }
 
     #[test]
     fn min_insync_is_left_out_for_single_replica_clusters() {
-        let t = Topology::new(TopologySettings { replication_factor: 1, ..TopologySettings::default() });
-        assert!(t.topics().iter().all(|s| !s.configs.contains_key("min.insync.replicas")));
+        let t = Topology::new(TopologySettings {
+            replication_factor: 1,
+            ..TopologySettings::default()
+        });
+        assert!(t
+            .topics()
+            .iter()
+            .all(|s| !s.configs.contains_key("min.insync.replicas")));
     }
 
     #[test]
@@ -366,12 +492,18 @@ mod tests {
             name: spec.name.clone(),
             partitions: Some(6),
             replication_factor: Some(3),
-            configs: [("cleanup.policy".to_string(), "delete".to_string()), ("retention.ms".to_string(), "1000".to_string())]
-                .into_iter()
-                .collect(),
+            configs: [
+                ("cleanup.policy".to_string(), "delete".to_string()),
+                ("retention.ms".to_string(), "1000".to_string()),
+            ]
+            .into_iter()
+            .collect(),
         };
         let d = drift_of(spec, &live);
         let settings: Vec<&str> = d.iter().map(|d| d.setting.as_str()).collect();
-        assert_eq!(settings, vec!["partitions", "min.insync.replicas", "retention.ms"]);
+        assert_eq!(
+            settings,
+            vec!["partitions", "min.insync.replicas", "retention.ms"]
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! herald-kafka against real brokers: the harness scenario on every kind,
 //! and topology reconciliation on nisshi.
 
+// Tests fail loudly on unexpected errors: that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -30,17 +33,24 @@ async fn produce_consume_resume(kind: BrokerKind) {
     let topic = broker.topic("scenario", 3).await;
     let group = broker.group("scenario");
     let settings = broker.settings();
-    let producer = settings.producer("test", &ProducerKind::Idempotent).expect("producer");
+    let producer = settings
+        .producer("test", &ProducerKind::Idempotent)
+        .expect("producer");
     for i in 0..60u32 {
         let key = format!("user-{}", i % 7);
         let payload = format!("event-{i}");
         producer
-            .send(FutureRecord::to(&topic).key(&key).payload(&payload), Timeout::After(TIMEOUT))
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Timeout::After(TIMEOUT),
+            )
             .await
             .unwrap_or_else(|(e, _)| panic!("{kind:?}: produce: {e}"));
     }
 
-    let consumer = settings.consumer("test", &group, DefaultConsumerContext).expect("consumer");
+    let consumer = settings
+        .consumer("test", &group, DefaultConsumerContext)
+        .expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let mut seen: Vec<(String, u32)> = Vec::new();
     {
@@ -53,21 +63,34 @@ async fn produce_consume_resume(kind: BrokerKind) {
                 .expect("message");
             let key = String::from_utf8_lossy(msg.key().expect("key")).into_owned();
             seen.push((key, number(&msg)));
-            consumer.store_offset_from_message(&msg).expect("store offset");
+            consumer
+                .store_offset_from_message(&msg)
+                .expect("store offset");
         }
     }
-    consumer.commit_consumer_state(CommitMode::Sync).expect("commit");
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("commit");
     drop(consumer);
 
     // Per key, order is the production order.
     for k in 0..7 {
         let key = format!("user-{k}");
-        let ns: Vec<u32> = seen.iter().filter(|(kk, _)| *kk == key).map(|(_, n)| *n).collect();
-        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{kind:?}: {key} out of order: {ns:?}");
+        let ns: Vec<u32> = seen
+            .iter()
+            .filter(|(kk, _)| *kk == key)
+            .map(|(_, n)| *n)
+            .collect();
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{kind:?}: {key} out of order: {ns:?}"
+        );
     }
 
     // A new member of the group gets exactly the rest.
-    let consumer = settings.consumer("test", &group, DefaultConsumerContext).expect("consumer");
+    let consumer = settings
+        .consumer("test", &group, DefaultConsumerContext)
+        .expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let mut rest = Vec::new();
     let mut stream = consumer.stream();
@@ -81,7 +104,11 @@ async fn produce_consume_resume(kind: BrokerKind) {
     }
     let mut all: Vec<u32> = seen.iter().map(|(_, n)| *n).chain(rest).collect();
     all.sort_unstable();
-    assert_eq!(all, (0..60).collect::<Vec<_>>(), "{kind:?}: every record exactly once across the two members");
+    assert_eq!(
+        all,
+        (0..60).collect::<Vec<_>>(),
+        "{kind:?}: every record exactly once across the two members"
+    );
     let extra = tokio::time::timeout(Duration::from_secs(2), stream.next()).await;
     assert!(extra.is_err(), "{kind:?}: unexpected extra record");
 }
@@ -118,28 +145,79 @@ async fn topics_apply_is_idempotent_and_reports_drift() {
     }
     let admin = broker.settings().admin().expect("admin");
 
-    let first = apply(&admin, &topology, TIMEOUT).await.expect("first apply");
-    assert_eq!(first.created.len(), topology.topics().len(), "everything created");
+    let first = apply(&admin, &topology, TIMEOUT)
+        .await
+        .expect("first apply");
+    assert_eq!(
+        first.created.len(),
+        topology.topics().len(),
+        "everything created"
+    );
     assert!(first.drift.is_empty());
 
-    let second = apply(&admin, &topology, TIMEOUT).await.expect("second apply");
-    assert!(second.created.is_empty(), "nothing created twice: {:?}", second.created);
-    assert_eq!(second.unchanged.len(), topology.topics().len(), "drift: {:?}", second.drift);
+    let second = apply(&admin, &topology, TIMEOUT)
+        .await
+        .expect("second apply");
+    assert!(
+        second.created.is_empty(),
+        "nothing created twice: {:?}",
+        second.created
+    );
+    assert_eq!(
+        second.unchanged.len(),
+        topology.topics().len(),
+        "drift: {:?}",
+        second.drift
+    );
 
     // The live state matches the declaration, compaction included.
-    let live = describe(&admin, &topology, TIMEOUT).await.expect("describe");
-    let state = live.iter().find(|t| t.name == format!("{prefix}.dedup-state")).expect("state topic");
+    let live = describe(&admin, &topology, TIMEOUT)
+        .await
+        .expect("describe");
+    let state = live
+        .iter()
+        .find(|t| t.name == format!("{prefix}.dedup-state"))
+        .expect("state topic");
     assert_eq!(state.partitions, Some(2));
-    assert_eq!(state.configs.get("cleanup.policy").map(String::as_str), Some("compact"));
+    assert_eq!(
+        state.configs.get("cleanup.policy").map(String::as_str),
+        Some("compact")
+    );
 
     // Declare something else: drift is reported, nothing is changed.
-    let wider = Topology::new(TopologySettings { partitions: 4, ..declared });
-    let third = apply(&admin, &wider, TIMEOUT).await.expect("apply with drift");
+    let wider = Topology::new(TopologySettings {
+        partitions: 4,
+        ..declared
+    });
+    let third = apply(&admin, &wider, TIMEOUT)
+        .await
+        .expect("apply with drift");
     assert!(third.created.is_empty());
     let notifications = format!("{prefix}.notifications");
-    let drifted: Vec<&str> = third.drift.iter().filter(|d| d.setting == "partitions").map(|d| d.topic.as_str()).collect();
-    assert!(drifted.contains(&notifications.as_str()), "{:?}", third.drift);
-    assert!(third.drift.iter().all(|d| d.declared == "4" && d.live == "2"), "{:?}", third.drift);
-    let after = describe(&admin, &topology, TIMEOUT).await.expect("describe");
-    assert!(after.iter().all(|t| t.partitions.is_some_and(|p| p <= 2)), "apply never alters a live topic");
+    let drifted: Vec<&str> = third
+        .drift
+        .iter()
+        .filter(|d| d.setting == "partitions")
+        .map(|d| d.topic.as_str())
+        .collect();
+    assert!(
+        drifted.contains(&notifications.as_str()),
+        "{:?}",
+        third.drift
+    );
+    assert!(
+        third
+            .drift
+            .iter()
+            .all(|d| d.declared == "4" && d.live == "2"),
+        "{:?}",
+        third.drift
+    );
+    let after = describe(&admin, &topology, TIMEOUT)
+        .await
+        .expect("describe");
+    assert!(
+        after.iter().all(|t| t.partitions.is_some_and(|p| p <= 2)),
+        "apply never alters a live topic"
+    );
 }

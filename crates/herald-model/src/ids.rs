@@ -27,7 +27,11 @@ impl DedupKey {
     pub fn new(tenant: &str, category: &str, idempotency_key: &str) -> Self {
         Self(hash_fields(
             b"herald.dedup.v1",
-            &[tenant.as_bytes(), category.as_bytes(), idempotency_key.as_bytes()],
+            &[
+                tenant.as_bytes(),
+                category.as_bytes(),
+                idempotency_key.as_bytes(),
+            ],
         ))
     }
 
@@ -52,7 +56,11 @@ impl NotificationId {
     pub fn new(event: DedupKey, channel: Channel, address: &str) -> Self {
         Self(hash_fields(
             b"herald.notification.v1",
-            &[&event.to_bytes(), channel.as_str().as_bytes(), address.as_bytes()],
+            &[
+                &event.to_bytes(),
+                channel.as_str().as_bytes(),
+                address.as_bytes(),
+            ],
         ))
     }
 }

@@ -144,7 +144,10 @@ mod tests {
             assert_eq!(c.as_str(), c.as_str().to_lowercase());
         }
         assert_eq!(Priority::parse("URGENT"), Some(Priority::Urgent));
-        assert_eq!(StatusKind::parse("retry_scheduled"), Some(StatusKind::RetryScheduled));
+        assert_eq!(
+            StatusKind::parse("retry_scheduled"),
+            Some(StatusKind::RetryScheduled)
+        );
         assert_eq!(Channel::parse("fax"), None);
     }
 }

@@ -33,7 +33,10 @@ pub fn notification(n: u64, now_ms: i64) -> NotificationRequested {
         }),
         template: None,
         recipients: Recipients {
-            devices: vec![Device { token: format!("device-token-{n}"), platform: DevicePlatform::Apns }],
+            devices: vec![Device {
+                token: format!("device-token-{n}"),
+                platform: DevicePlatform::Apns,
+            }],
             phone: Some("+15555550100".into()),
             email: Some(format!("user{}@example.com", n % 1000)),
             webhook_url: None,
@@ -57,7 +60,10 @@ pub fn channel_message(n: u64, now_ms: i64) -> ChannelMessage {
         category: "receipt".into(),
         priority: Priority::Urgent,
         channel: Channel::Push,
-        recipient: Recipient { address: format!("device-token-{n}"), platform: Some(DevicePlatform::Fcm) },
+        recipient: Recipient {
+            address: format!("device-token-{n}"),
+            platform: Some(DevicePlatform::Fcm),
+        },
         content: RenderedContent {
             title: Some("Your receipt".into()),
             subject: None,
@@ -65,7 +71,11 @@ pub fn channel_message(n: u64, now_ms: i64) -> ChannelMessage {
             html: None,
             data: BTreeMap::from([("order".to_string(), n.to_string())]),
         },
-        source: SourceRef { topic: "herald.notifications".into(), partition: 3, offset: n as i64 },
+        source: SourceRef {
+            topic: "herald.notifications".into(),
+            partition: 3,
+            offset: n as i64,
+        },
         attempt: 1,
         not_before: Some(now_ms + 1000),
         created_at: now_ms,
@@ -97,7 +107,11 @@ pub fn delivery_status(n: u64, now_ms: i64) -> DeliveryStatus {
 
 /// A dedup state entry.
 pub fn dedup_entry(n: u64, now_ms: i64) -> DedupEntry {
-    DedupEntry { expires_at: now_ms + 86_400_000, source_partition: (n % 12) as i32, source_offset: n as i64 }
+    DedupEntry {
+        expires_at: now_ms + 86_400_000,
+        source_partition: (n % 12) as i32,
+        source_offset: n as i64,
+    }
 }
 
 /// Preferences with quiet hours, an opt-out and a cap.
@@ -107,9 +121,19 @@ pub fn preferences(n: u64, now_ms: i64) -> Preferences {
         user_id: format!("user-{n}"),
         timezone: "Europe/Berlin".into(),
         locale: Some("de-DE".into()),
-        quiet_hours: Some(QuietHours { start_minute: 22 * 60, end_minute: 7 * 60 }),
-        opt_outs: vec![OptOut { channel: Some(Channel::Sms), category: Some("marketing".into()) }],
-        caps: vec![FrequencyCap { category: None, max_count: 10, window_seconds: 3600 }],
+        quiet_hours: Some(QuietHours {
+            start_minute: 22 * 60,
+            end_minute: 7 * 60,
+        }),
+        opt_outs: vec![OptOut {
+            channel: Some(Channel::Sms),
+            category: Some("marketing".into()),
+        }],
+        caps: vec![FrequencyCap {
+            category: None,
+            max_count: 10,
+            window_seconds: 3600,
+        }],
         updated_at: now_ms,
     }
 }

@@ -72,7 +72,11 @@ impl NotificationRequested {
     /// requested) every channel that has a recipient.
     pub fn target_channels(&self) -> Vec<Channel> {
         if self.channels.is_empty() {
-            Channel::ALL.iter().copied().filter(|c| self.has_recipient(*c)).collect()
+            Channel::ALL
+                .iter()
+                .copied()
+                .filter(|c| self.has_recipient(*c))
+                .collect()
         } else {
             let mut out = self.channels.clone();
             out.sort();
@@ -93,7 +97,10 @@ impl NotificationRequested {
                 return Err(InvalidEvent::EmptyField { field });
             }
             if value.len() > MAX_FIELD_BYTES {
-                return Err(InvalidEvent::FieldTooLong { field, len: value.len() });
+                return Err(InvalidEvent::FieldTooLong {
+                    field,
+                    len: value.len(),
+                });
             }
         }
         if self.content.is_some() == self.template.is_some() {
@@ -135,7 +142,10 @@ mod tests {
                 ..Content::default()
             }),
             template: None,
-            recipients: Recipients { phone: Some("+15550000000".into()), ..Recipients::default() },
+            recipients: Recipients {
+                phone: Some("+15550000000".into()),
+                ..Recipients::default()
+            },
             created_at: 1_000,
             expires_at: None,
             trace: None,
@@ -165,7 +175,12 @@ mod tests {
 
         let mut e = event();
         e.channels = vec![Channel::Email];
-        assert_eq!(e.validate(), Err(InvalidEvent::NoRecipient { channel: Channel::Email }));
+        assert_eq!(
+            e.validate(),
+            Err(InvalidEvent::NoRecipient {
+                channel: Channel::Email
+            })
+        );
 
         let mut e = event();
         e.recipients.phone = None;

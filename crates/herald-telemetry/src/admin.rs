@@ -24,13 +24,20 @@ pub struct AdminState {
 impl AdminState {
     /// Not ready until [`AdminState::set_ready`].
     pub fn new(stage: &'static str) -> Self {
-        Self { stage, ready: Arc::new(AtomicBool::new(false)) }
+        Self {
+            stage,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Marks the stage ready (serving) or not (starting, restoring, draining).
     pub fn set_ready(&self, ready: bool) {
         if self.ready.swap(ready, Ordering::SeqCst) != ready {
-            ReadinessChanged { stage: self.stage, ready }.emit();
+            ReadinessChanged {
+                stage: self.stage,
+                ready,
+            }
+            .emit();
         }
     }
 
@@ -50,7 +57,10 @@ impl AdminState {
 }
 
 async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], Metrics::global().render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        Metrics::global().render(),
+    )
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
@@ -72,7 +82,9 @@ pub async fn serve_admin(
     let bound = listener.local_addr()?;
     let app = state.router();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
     });
     Ok((bound, task))
 }
@@ -101,7 +113,10 @@ mod tests {
         let state = AdminState::new("test");
         let app = state.router();
         assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         state.set_ready(true);
         assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
         let (status, body) = get(&app, "/metrics").await;
@@ -121,6 +136,8 @@ pub struct AdminSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9600)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9600)),
+        }
     }
 }

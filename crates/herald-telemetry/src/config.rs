@@ -24,7 +24,11 @@ pub struct ConfigSource {
 impl ConfigSource {
     /// The process environment and an optional file.
     pub fn from_process(file: Option<PathBuf>) -> Self {
-        Self { file, env: std::env::vars().collect(), defaults: None }
+        Self {
+            file,
+            env: std::env::vars().collect(),
+            defaults: None,
+        }
     }
 }
 
@@ -63,20 +67,30 @@ pub fn load_config<T: DeserializeOwned>(source: &ConfigSource) -> Result<T, Conf
     if let Some(defaults) = &source.defaults {
         let t: Table = defaults
             .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax { path: "<defaults>".into(), message: e.to_string() })?;
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: "<defaults>".into(),
+                message: e.to_string(),
+            })?;
         merge(&mut merged, t);
     }
     if let Some(path) = &source.file {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.clone(), source: e })?;
-        let t: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.display().to_string(),
-            message: e.message().to_string(),
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.clone(),
+            source: e,
         })?;
+        let t: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.display().to_string(),
+                message: e.message().to_string(),
+            })?;
         merge(&mut merged, t);
     }
     let mut problems = Vec::new();
     for (key, raw) in &source.env {
-        let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
             problems.push(format!("{key}: empty path segment"));
@@ -93,7 +107,9 @@ pub fn load_config<T: DeserializeOwned>(source: &ConfigSource) -> Result<T, Conf
 fn env_value(raw: &str) -> Value {
     let doc = format!("v = {raw}");
     match doc.parse::<Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_string())),
         Err(_) => Value::String(raw.to_string()),
     }
 }
@@ -110,10 +126,14 @@ fn merge(into: &mut Table, from: Table) {
 }
 
 fn set_path(table: &mut Table, path: &[String], value: Value) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = table;
     for p in parents {
-        let entry = cur.entry(p.clone()).or_insert_with(|| Value::Table(Table::new()));
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
         if !entry.is_table() {
             *entry = Value::Table(Table::new());
         }
@@ -141,12 +161,18 @@ fn deserialize_reporting_all<T: DeserializeOwned>(
                 let segments: Vec<String> = if path == "." || path.is_empty() {
                     Vec::new()
                 } else {
-                    path.split('.').map(|s| s.trim_matches(|c| c == '[' || c == ']').to_string()).collect()
+                    path.split('.')
+                        .map(|s| s.trim_matches(|c| c == '[' || c == ']').to_string())
+                        .collect()
                 };
                 // The path names the offending key itself, unknown keys included.
                 let shown = segments.join(".");
                 let removal = segments;
-                let shown = if shown.is_empty() { "<root>".to_string() } else { shown };
+                let shown = if shown.is_empty() {
+                    "<root>".to_string()
+                } else {
+                    shown
+                };
                 problems.push(format!("{shown}: {message}"));
                 if removal.is_empty() || !remove_path(&mut merged, &removal) {
                     return Err(ConfigError::Invalid { problems });
@@ -198,11 +224,18 @@ mod tests {
 
     impl Default for Kafka {
         fn default() -> Self {
-            Self { bootstrap: "127.0.0.1:9092".into(), partitions: 12, linger: Duration::from_millis(5) }
+            Self {
+                bootstrap: "127.0.0.1:9092".into(),
+                partitions: 12,
+                linger: Duration::from_millis(5),
+            }
         }
     }
 
-    fn source(file: Option<&str>, env: &[(&str, &str)]) -> (ConfigSource, Option<tempfile::NamedTempFile>) {
+    fn source(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> (ConfigSource, Option<tempfile::NamedTempFile>) {
         let tmp = file.map(|text| {
             let f = tempfile::NamedTempFile::new().expect("tmp");
             std::fs::write(f.path(), text).expect("write");
@@ -210,7 +243,10 @@ mod tests {
         });
         let src = ConfigSource {
             file: tmp.as_ref().map(|f| f.path().to_path_buf()),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             defaults: None,
         };
         (src, tmp)
@@ -232,14 +268,23 @@ mod tests {
     #[test]
     fn every_bad_value_is_reported_with_its_path() {
         let (src, _f) = source(
-            Some("nmae = \"typo\"\n[kafka]\npartitions = \"many\"\nlinger = \"soon\"\nbrokers = 3\n"),
+            Some(
+                "nmae = \"typo\"\n[kafka]\npartitions = \"many\"\nlinger = \"soon\"\nbrokers = 3\n",
+            ),
             &[],
         );
         let err = load_config::<Cfg>(&src).unwrap_err();
-        let ConfigError::Invalid { problems } = &err else { panic!("{err}") };
+        let ConfigError::Invalid { problems } = &err else {
+            panic!("{err}")
+        };
         let text = err.to_string();
         assert_eq!(problems.len(), 4, "{text}");
-        for path in ["nmae:", "kafka.partitions:", "kafka.linger:", "kafka.brokers:"] {
+        for path in [
+            "nmae:",
+            "kafka.partitions:",
+            "kafka.linger:",
+            "kafka.brokers:",
+        ] {
             assert!(text.contains(path), "missing {path} in {text}");
         }
     }
@@ -250,12 +295,18 @@ mod tests {
         let err = load_config::<Cfg>(&src).unwrap_err().to_string();
         assert!(err.contains("kafka.partitions"), "{err}");
         let (src, _f) = source(None, &[("HERALD__KAFKA__LINGER", "1s")]);
-        assert_eq!(load_config::<Cfg>(&src).expect("load").kafka.linger, Duration::from_secs(1));
+        assert_eq!(
+            load_config::<Cfg>(&src).expect("load").kafka.linger,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
     fn syntax_errors_name_the_file() {
         let (src, _f) = source(Some("[kafka\n"), &[]);
-        assert!(matches!(load_config::<Cfg>(&src), Err(ConfigError::Syntax { .. })));
+        assert!(matches!(
+            load_config::<Cfg>(&src),
+            Err(ConfigError::Syntax { .. })
+        ));
     }
 }

@@ -35,7 +35,10 @@ impl Emit for DecodeFailed<'_> {
             offset = self.offset,
             "Record could not be decoded."
         );
-        Metrics::global().decode_failures.with_label_values(&[self.stage, self.reason]).inc();
+        Metrics::global()
+            .decode_failures
+            .with_label_values(&[self.stage, self.reason])
+            .inc();
     }
 }
 
@@ -51,7 +54,10 @@ pub struct ReadinessChanged {
 impl Emit for ReadinessChanged {
     fn emit(self) {
         tracing::info!(stage = self.stage, ready = self.ready, "Readiness changed.");
-        Metrics::global().ready.with_label_values(&[self.stage]).set(i64::from(self.ready));
+        Metrics::global()
+            .ready
+            .with_label_values(&[self.stage])
+            .set(i64::from(self.ready));
     }
 }
 
@@ -69,10 +75,21 @@ pub struct Drained {
 impl Emit for Drained {
     fn emit(self) {
         if self.timed_out {
-            tracing::warn!(stage = self.stage, elapsed_ms = self.elapsed.as_millis() as u64, "Drain deadline reached; stopping.");
+            tracing::warn!(
+                stage = self.stage,
+                elapsed_ms = self.elapsed.as_millis() as u64,
+                "Drain deadline reached; stopping."
+            );
         } else {
-            tracing::info!(stage = self.stage, elapsed_ms = self.elapsed.as_millis() as u64, "Drained.");
+            tracing::info!(
+                stage = self.stage,
+                elapsed_ms = self.elapsed.as_millis() as u64,
+                "Drained."
+            );
         }
-        Metrics::global().shutdown_drain_seconds.with_label_values(&[self.stage]).observe(self.elapsed.as_secs_f64());
+        Metrics::global()
+            .shutdown_drain_seconds
+            .with_label_values(&[self.stage])
+            .observe(self.elapsed.as_secs_f64());
     }
 }

@@ -50,26 +50,56 @@ impl Metrics {
 
     fn new() -> Self {
         let registry = Registry::new();
-        let build_info = register(&registry, IntGaugeVec::new(opts(names::BUILD_INFO, "Herald build; value 1."), &["version"]));
-        let ready = register(&registry, IntGaugeVec::new(opts(names::READY, "1 when the stage is ready."), &["stage"]));
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                opts(names::BUILD_INFO, "Herald build; value 1."),
+                &["version"],
+            ),
+        );
+        let ready = register(
+            &registry,
+            IntGaugeVec::new(opts(names::READY, "1 when the stage is ready."), &["stage"]),
+        );
         let decode_failures = register(
             &registry,
-            IntCounterVec::new(opts(names::DECODE_FAILURES, "Records that could not be decoded."), &["stage", "reason"]),
+            IntCounterVec::new(
+                opts(names::DECODE_FAILURES, "Records that could not be decoded."),
+                &["stage", "reason"],
+            ),
         );
         let topic_drift = register(
             &registry,
-            IntGaugeVec::new(opts(names::TOPIC_DRIFT, "Topics whose live setting differs from the topology."), &["setting"]),
+            IntGaugeVec::new(
+                opts(
+                    names::TOPIC_DRIFT,
+                    "Topics whose live setting differs from the topology.",
+                ),
+                &["setting"],
+            ),
         );
         let shutdown_drain_seconds = register(
             &registry,
             HistogramVec::new(
-                HistogramOpts::new(names::SHUTDOWN_DRAIN_SECONDS, "Time taken to drain on shutdown.")
-                    .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                HistogramOpts::new(
+                    names::SHUTDOWN_DRAIN_SECONDS,
+                    "Time taken to drain on shutdown.",
+                )
+                .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
                 &["stage"],
             ),
         );
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Self { registry, build_info, ready, decode_failures, topic_drift, shutdown_drain_seconds }
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Self {
+            registry,
+            build_info,
+            ready,
+            decode_failures,
+            topic_drift,
+            shutdown_drain_seconds,
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -111,8 +141,12 @@ mod tests {
     #[test]
     fn every_metric_registers_and_renders() {
         let m = Metrics::global();
-        m.decode_failures.with_label_values(&["router", "malformed"]).inc();
-        m.shutdown_drain_seconds.with_label_values(&["router"]).observe(0.2);
+        m.decode_failures
+            .with_label_values(&["router", "malformed"])
+            .inc();
+        m.shutdown_drain_seconds
+            .with_label_values(&["router"])
+            .observe(0.2);
         m.ready.with_label_values(&["router"]).set(1);
         m.topic_drift.with_label_values(&["partitions"]).set(0);
         let text = m.render();

@@ -63,7 +63,12 @@ impl Supervisor {
     /// A supervisor for `stage` that gives tasks `drain` to finish once
     /// shutdown starts (keep it below the pod's termination grace period).
     pub fn new(stage: &'static str, drain: Duration) -> Self {
-        Self { stage, shutdown: Shutdown::new(), tasks: JoinSet::new(), drain }
+        Self {
+            stage,
+            shutdown: Shutdown::new(),
+            tasks: JoinSet::new(),
+            drain,
+        }
     }
 
     /// The signal every task should watch.
@@ -150,7 +155,12 @@ impl Supervisor {
                 },
             }
         };
-        Drained { stage: self.stage, elapsed: started.elapsed(), timed_out: outcome != Outcome::Clean }.emit();
+        Drained {
+            stage: self.stage,
+            elapsed: started.elapsed(),
+            timed_out: outcome != Outcome::Clean,
+        }
+        .emit();
         self.tasks.abort_all();
         match first_error {
             Some(e) => Err(e),
@@ -200,7 +210,14 @@ mod tests {
             });
         }
         let _ = tx.send(());
-        let out = sup.run_until(async { let _ = rx.await; }, std::future::pending()).await;
+        let out = sup
+            .run_until(
+                async {
+                    let _ = rx.await;
+                },
+                std::future::pending(),
+            )
+            .await;
         assert_eq!(out.expect("clean"), Outcome::Clean);
     }
 
@@ -214,8 +231,13 @@ mod tests {
             let _ = stopped_tx.send(());
             Ok(())
         });
-        sup.spawn("broken", async { anyhow::bail!("broker refused transactions") });
-        let err = sup.run_until(std::future::pending(), std::future::pending()).await.unwrap_err();
+        sup.spawn("broken", async {
+            anyhow::bail!("broker refused transactions")
+        });
+        let err = sup
+            .run_until(std::future::pending(), std::future::pending())
+            .await
+            .unwrap_err();
         assert!(format!("{err:#}").contains("broker refused transactions"));
         assert!(stopped_rx.await.is_ok(), "the steady task saw the shutdown");
     }
@@ -224,7 +246,10 @@ mod tests {
     async fn a_stuck_task_is_abandoned_at_the_deadline_or_on_a_second_signal() {
         let mut sup = Supervisor::new("test", Duration::from_secs(2));
         sup.spawn("stuck", std::future::pending());
-        let out = sup.run_until(async {}, std::future::pending()).await.expect("no error");
+        let out = sup
+            .run_until(async {}, std::future::pending())
+            .await
+            .expect("no error");
         assert_eq!(out, Outcome::Abandoned { running: 1 });
 
         let mut sup = Supervisor::new("test", Duration::from_secs(3600));

@@ -46,18 +46,31 @@ impl TestBroker {
     pub fn start(kind: BrokerKind) -> Self {
         if let Ok(bootstrap) = std::env::var("HERALD_TEST_KAFKA") {
             if !bootstrap.is_empty() {
-                return Self { kind, bootstrap, mock: None, real_cluster: true, created: Mutex::new(Vec::new()) };
+                return Self {
+                    kind,
+                    bootstrap,
+                    mock: None,
+                    real_cluster: true,
+                    created: Mutex::new(Vec::new()),
+                };
             }
         }
         let (bootstrap, mock) = match kind {
             BrokerKind::Transactional => {
-                let cluster = EmbeddedCluster::start(3).unwrap_or_else(|e| panic!("mock cluster: {e}"));
+                let cluster =
+                    EmbeddedCluster::start(3).unwrap_or_else(|e| panic!("mock cluster: {e}"));
                 (cluster.bootstrap(), Some(cluster))
             }
             BrokerKind::Durable => (nisshi("HERALD_TEST_DURABLE_BOOTSTRAP", true), None),
             BrokerKind::Fast => (nisshi("HERALD_TEST_FAST_BOOTSTRAP", false), None),
         };
-        Self { kind, bootstrap, mock, real_cluster: false, created: Mutex::new(Vec::new()) }
+        Self {
+            kind,
+            bootstrap,
+            mock,
+            real_cluster: false,
+            created: Mutex::new(Vec::new()),
+        }
     }
 
     /// The kind asked for.
@@ -79,8 +92,10 @@ impl TestBroker {
     /// that replaces a member does not wait out a production session timeout.
     pub fn settings(&self) -> KafkaSettings {
         let mut s = KafkaSettings::with_bootstrap(self.bootstrap.clone());
-        s.overrides.insert("session.timeout.ms".into(), "6000".into());
-        s.overrides.insert("heartbeat.interval.ms".into(), "500".into());
+        s.overrides
+            .insert("session.timeout.ms".into(), "6000".into());
+        s.overrides
+            .insert("heartbeat.interval.ms".into(), "500".into());
         s
     }
 
@@ -107,7 +122,12 @@ impl TestBroker {
 
     /// Creates a unique topic with configs (ignored by the mock cluster,
     /// which has no CreateTopics API).
-    pub async fn topic_with(&self, base: &str, partitions: i32, configs: &[(&str, &str)]) -> String {
+    pub async fn topic_with(
+        &self,
+        base: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> String {
         let name = self.unique(base);
         self.create_topic(&name, partitions, configs).await;
         name
@@ -116,15 +136,26 @@ impl TestBroker {
     /// Creates a topic with an exact name.
     pub async fn create_topic(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
         if let Some(mock) = &self.mock {
-            mock.create_topic(name, partitions, 1).unwrap_or_else(|e| panic!("create {name}: {e}"));
+            mock.create_topic(name, partitions, 1)
+                .unwrap_or_else(|e| panic!("create {name}: {e}"));
         } else {
-            let admin = self.settings().admin().unwrap_or_else(|e| panic!("admin: {e}"));
-            let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(if self.real_cluster { -1 } else { 1 }));
+            let admin = self
+                .settings()
+                .admin()
+                .unwrap_or_else(|e| panic!("admin: {e}"));
+            let mut t = NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(if self.real_cluster { -1 } else { 1 }),
+            );
             for (k, v) in configs {
                 t = t.set(k, v);
             }
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-            let res = admin.create_topics([&t], &opts).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
+            let res = admin
+                .create_topics([&t], &opts)
+                .await
+                .unwrap_or_else(|e| panic!("create {name}: {e}"));
             for r in res {
                 match r {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -132,12 +163,18 @@ impl TestBroker {
                 }
             }
         }
-        self.created.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.to_string());
     }
 
     /// Records a topic created by the code under test, for teardown.
     pub fn track(&self, name: &str) {
-        self.created.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.to_string());
     }
 }
 
@@ -150,7 +187,9 @@ impl Drop for TestBroker {
         if topics.is_empty() {
             return;
         }
-        let Ok(admin) = self.settings().admin() else { return };
+        let Ok(admin) = self.settings().admin() else {
+            return;
+        };
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
         // rdkafka's futures are driven by its own threads: block_on is safe here.
@@ -177,8 +216,12 @@ fn nisshi_binary() -> String {
         return bin;
     }
     let cache = std::env::var("HERALD_CACHE").unwrap_or_else(|_| {
-        let home = std::env::var("XDG_CACHE_HOME")
-            .unwrap_or_else(|_| format!("{}/.cache", std::env::var("HOME").unwrap_or_else(|_| "/root".into())));
+        let home = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache",
+                std::env::var("HOME").unwrap_or_else(|_| "/root".into())
+            )
+        });
         format!("{home}/herald")
     });
     format!("{cache}/nisshi-0.8.1/bin/nisshi")
@@ -196,7 +239,11 @@ fn spawn_nisshi(durable: bool) -> String {
         .unwrap_or_else(|e| panic!("no free port: {e}"));
     let dir = std::env::temp_dir().join(format!("herald-nisshi-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let engine = if durable { "sqlite://herald.db?maintenance_interval=10s" } else { "memory://herald/" };
+    let engine = if durable {
+        "sqlite://herald.db?maintenance_interval=10s"
+    } else {
+        "memory://herald/"
+    };
     // The shell wrapper ends the broker (by its pid) once this test process is gone.
     let script = format!(
         "{bin} broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} \
@@ -204,7 +251,7 @@ fn spawn_nisshi(durable: bool) -> String {
          while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 1; done; kill $b 2>/dev/null",
         parent = std::process::id()
     );
-    Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg(script)
         .current_dir(&dir)
@@ -213,6 +260,12 @@ fn spawn_nisshi(durable: bool) -> String {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start nisshi: {e}"));
+    // Kept for the life of the process; the wrapper script ends the broker.
+    static CHILDREN: Mutex<Vec<std::process::Child>> = Mutex::new(Vec::new());
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(child);
     let addr = format!("127.0.0.1:{port}");
     for _ in 0..200 {
         if std::net::TcpStream::connect(&addr).is_ok() {

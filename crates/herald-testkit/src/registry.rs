@@ -104,11 +104,19 @@ fn register_schema(shared: &Shared, subject: &str, schema: &str) -> u32 {
 }
 
 fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error_code": 50301, "message": "down"}))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error_code": 50301, "message": "down"})),
+    )
+        .into_response()
 }
 
 fn not_found(code: u32, message: &str) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error_code": code, "message": message}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error_code": code, "message": message})),
+    )
+        .into_response()
 }
 
 async fn register(
@@ -120,7 +128,10 @@ async fn register(
         return unavailable();
     }
     let Some(schema) = body.get("schema").and_then(Value::as_str) else {
-        return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error_code": 42201, "message": "Invalid schema"})))
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error_code": 42201, "message": "Invalid schema"})),
+        )
             .into_response();
     };
     shared.registrations.fetch_add(1, Ordering::SeqCst);
@@ -134,7 +145,10 @@ async fn by_id(State(shared): State<Arc<Shared>>, Path(id): Path<u32>) -> Respon
     }
     shared.fetches.fetch_add(1, Ordering::SeqCst);
     let inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
-    match id.checked_sub(1).and_then(|i| inner.schemas.get(i as usize)) {
+    match id
+        .checked_sub(1)
+        .and_then(|i| inner.schemas.get(i as usize))
+    {
         Some(schema) => Json(json!({"schema": schema})).into_response(),
         None => not_found(40403, "Schema not found"),
     }
@@ -149,7 +163,8 @@ async fn latest(State(shared): State<Arc<Shared>>, Path(subject): Path<String>) 
     match latest.and_then(|id| inner.schemas.get(id as usize - 1).map(|s| (id, s))) {
         Some((id, schema)) => {
             let version = inner.subjects.get(&subject).map_or(1, Vec::len);
-            Json(json!({"subject": subject, "version": version, "id": id, "schema": schema})).into_response()
+            Json(json!({"subject": subject, "version": version, "id": id, "schema": schema}))
+                .into_response()
         }
         None => not_found(40401, "Subject not found"),
     }

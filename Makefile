@@ -1,0 +1,32 @@
+# Herald: `make run` starts the local stack, `make test` runs every test.
+SHELL := /bin/bash
+CARGO ?= cargo
+BROKERS := scripts/brokers.sh
+
+.PHONY: help run test lint unit bench brokers-up brokers-down nisshi build
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+build: ## Build every binary
+	$(CARGO) build --workspace --bins
+
+run: ## Run the local stack (embedded Kafka cluster, topics, stages) until Ctrl-C
+	$(CARGO) run -q -p herald-cli --bin herald -- dev
+
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+nisshi: ## Install the pinned nisshi broker into the cache (once)
+	scripts/ensure-nisshi.sh >/dev/null
+
+test: lint nisshi ## Every test: lint, unit, broker and end-to-end (starts and stops its brokers)
+	@set -euo pipefail; \
+	trap '$(BROKERS) stop' EXIT; \
+	eval "$$($(BROKERS) start)"; \
+	echo "brokers: durable $$HERALD_TEST_DURABLE_BOOTSTRAP, fast $$HERALD_TEST_FAST_BOOTSTRAP"; \
+	$(CARGO) test --workspace --no-fail-fast
+
+bench: ## Benchmarks (results go to BENCHMARKS.md)
+	@echo "No benchmarks yet: the router, delivery and scaler issues add theirs here."
