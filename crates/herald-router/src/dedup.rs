@@ -43,9 +43,6 @@ impl Hasher for KeyHasher {
             self.0 ^= u64::from_le_bytes(buf);
         }
     }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0 << 32 | self.0 >> 32) ^ u64::from(n);
-    }
 }
 
 /// Key as four u32 words and value as three: 28 bytes, 4-byte aligned, so
