@@ -12,6 +12,7 @@
 
 pub mod embedded;
 pub mod settings;
+pub mod state;
 pub mod topology;
 
 pub use embedded::EmbeddedCluster;

@@ -93,3 +93,126 @@ impl Emit for Drained {
             .observe(self.elapsed.as_secs_f64());
     }
 }
+
+/// The router read an event.
+#[derive(Debug, Clone, Copy)]
+pub struct EventReceived {
+    /// Priority label, or `unknown` when undecodable.
+    pub priority: &'static str,
+}
+
+impl Emit for EventReceived {
+    fn emit(self) {
+        Metrics::global().router_events_in.with_label_values(&[self.priority]).inc();
+    }
+}
+
+/// The router queued a channel message.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageQueued {
+    /// Channel label.
+    pub channel: &'static str,
+    /// Priority label.
+    pub priority: &'static str,
+    /// Event time to now.
+    pub latency: std::time::Duration,
+}
+
+impl Emit for MessageQueued {
+    fn emit(self) {
+        let m = Metrics::global();
+        m.router_messages_out.with_label_values(&[self.channel, self.priority]).inc();
+        m.router_latency_seconds.with_label_values(&[self.priority]).observe(self.latency.as_secs_f64());
+    }
+}
+
+/// The router decided not to send now (duplicate, opted out, deferred, capped, stale, invalid).
+#[derive(Debug, Clone, Copy)]
+pub struct Suppressed {
+    /// Fixed reason label.
+    pub reason: &'static str,
+}
+
+impl Emit for Suppressed {
+    fn emit(self) {
+        tracing::debug!(reason = self.reason, "Notification not sent now.");
+        Metrics::global().router_suppressed.with_label_values(&[self.reason]).inc();
+    }
+}
+
+/// A record went to a dead-letter topic.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLettered<'a> {
+    /// Stage.
+    pub stage: &'static str,
+    /// Fixed reason label.
+    pub reason: &'static str,
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+}
+
+impl Emit for DeadLettered<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            stage = self.stage,
+            reason = self.reason,
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            "Record dead-lettered."
+        );
+        Metrics::global().dead_letters.with_label_values(&[self.stage, self.reason]).inc();
+    }
+}
+
+/// A partition's state was restored from its state topic.
+#[derive(Debug, Clone, Copy)]
+pub struct StateRestored {
+    /// Partition.
+    pub partition: i32,
+    /// Live entries after the restore.
+    pub entries: usize,
+    /// Bytes of the index.
+    pub bytes: usize,
+    /// State records read.
+    pub records: u64,
+    /// Time taken.
+    pub elapsed: std::time::Duration,
+}
+
+impl Emit for StateRestored {
+    fn emit(self) {
+        tracing::info!(
+            partition = self.partition,
+            entries = self.entries,
+            records = self.records,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "State restored."
+        );
+        let m = Metrics::global();
+        let p = self.partition.to_string();
+        m.router_state_entries.with_label_values(&[&p]).set(self.entries as i64);
+        m.router_state_bytes.with_label_values(&[&p]).set(self.bytes as i64);
+        m.router_restore_seconds.with_label_values::<&str>(&[]).observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// Partitions were assigned or revoked.
+#[derive(Debug, Clone, Copy)]
+pub struct Rebalanced {
+    /// `assign` or `revoke`.
+    pub kind: &'static str,
+    /// Number of partitions.
+    pub partitions: usize,
+}
+
+impl Emit for Rebalanced {
+    fn emit(self) {
+        tracing::info!(kind = self.kind, partitions = self.partitions, "Rebalance.");
+        Metrics::global().rebalances.with_label_values(&[self.kind]).inc();
+    }
+}

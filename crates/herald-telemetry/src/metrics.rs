@@ -22,6 +22,24 @@ pub mod names {
     pub const TOPIC_DRIFT: &str = "herald_topic_drift";
     /// Time a stage took to drain on shutdown, seconds. Labels: stage.
     pub const SHUTDOWN_DRAIN_SECONDS: &str = "herald_shutdown_drain_seconds";
+    /// Events the router read. Labels: priority (`unknown` when undecodable).
+    pub const ROUTER_EVENTS_IN: &str = "herald_router_events_in_total";
+    /// Channel messages the router produced. Labels: channel, priority.
+    pub const ROUTER_MESSAGES_OUT: &str = "herald_router_messages_out_total";
+    /// Decisions not to send now. Labels: reason.
+    pub const ROUTER_SUPPRESSED: &str = "herald_router_suppressed_total";
+    /// Records sent to the dead-letter topic. Labels: stage, reason.
+    pub const DEAD_LETTERS: &str = "herald_dead_letters_total";
+    /// Event time to fan-out, seconds. Labels: priority.
+    pub const ROUTER_LATENCY_SECONDS: &str = "herald_router_latency_seconds";
+    /// Live dedup entries held. Labels: partition.
+    pub const ROUTER_STATE_ENTRIES: &str = "herald_router_state_entries";
+    /// Bytes of the dedup index. Labels: partition.
+    pub const ROUTER_STATE_BYTES: &str = "herald_router_state_bytes";
+    /// Time to restore one partition's state, seconds.
+    pub const ROUTER_RESTORE_SECONDS: &str = "herald_router_restore_seconds";
+    /// Partition assignments and revocations. Labels: kind (assign, revoke).
+    pub const REBALANCES: &str = "herald_rebalances_total";
 }
 
 /// Every collector, registered once in one registry.
@@ -38,6 +56,24 @@ pub struct Metrics {
     pub topic_drift: IntGaugeVec,
     /// See [`names::SHUTDOWN_DRAIN_SECONDS`].
     pub shutdown_drain_seconds: HistogramVec,
+    /// See [`names::ROUTER_EVENTS_IN`].
+    pub router_events_in: IntCounterVec,
+    /// See [`names::ROUTER_MESSAGES_OUT`].
+    pub router_messages_out: IntCounterVec,
+    /// See [`names::ROUTER_SUPPRESSED`].
+    pub router_suppressed: IntCounterVec,
+    /// See [`names::DEAD_LETTERS`].
+    pub dead_letters: IntCounterVec,
+    /// See [`names::ROUTER_LATENCY_SECONDS`].
+    pub router_latency_seconds: HistogramVec,
+    /// See [`names::ROUTER_STATE_ENTRIES`].
+    pub router_state_entries: IntGaugeVec,
+    /// See [`names::ROUTER_STATE_BYTES`].
+    pub router_state_bytes: IntGaugeVec,
+    /// See [`names::ROUTER_RESTORE_SECONDS`].
+    pub router_restore_seconds: HistogramVec,
+    /// See [`names::REBALANCES`].
+    pub rebalances: IntCounterVec,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -89,9 +125,33 @@ impl Metrics {
                 &["stage"],
             ),
         );
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntCounterVec::new(opts(name, help), labels))
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntGaugeVec::new(opts(name, help), labels))
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            register(&registry, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels))
+        };
+        let latency_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let router_events_in = counter(names::ROUTER_EVENTS_IN, "Events read by the router.", &["priority"]);
+        let router_messages_out =
+            counter(names::ROUTER_MESSAGES_OUT, "Channel messages produced by the router.", &["channel", "priority"]);
+        let router_suppressed = counter(names::ROUTER_SUPPRESSED, "Decisions not to send now.", &["reason"]);
+        let dead_letters = counter(names::DEAD_LETTERS, "Records sent to a dead-letter topic.", &["stage", "reason"]);
+        let router_latency_seconds =
+            histogram(names::ROUTER_LATENCY_SECONDS, "Event time to fan-out.", &["priority"], latency_buckets);
+        let router_state_entries = gauge(names::ROUTER_STATE_ENTRIES, "Live dedup entries.", &["partition"]);
+        let router_state_bytes = gauge(names::ROUTER_STATE_BYTES, "Bytes of the dedup index.", &["partition"]);
+        let router_restore_seconds = histogram(
+            names::ROUTER_RESTORE_SECONDS,
+            "Time to restore one partition's state.",
+            &[],
+            vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
+        );
+        let rebalances = counter(names::REBALANCES, "Partition assignments and revocations.", &["kind"]);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self {
             registry,
             build_info,
@@ -99,6 +159,15 @@ impl Metrics {
             decode_failures,
             topic_drift,
             shutdown_drain_seconds,
+            router_events_in,
+            router_messages_out,
+            router_suppressed,
+            dead_letters,
+            router_latency_seconds,
+            router_state_entries,
+            router_state_bytes,
+            router_restore_seconds,
+            rebalances,
         }
     }
 

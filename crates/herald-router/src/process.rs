@@ -1,0 +1,265 @@
+//! One input record in, the records it causes out. No Kafka client here:
+//! the run loop produces what this returns and stores the input offset only
+//! once all of it is acknowledged.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use herald_codec::{Codec, DecodeError, EncodeError, Record};
+use herald_kafka::Topology;
+use herald_model::wire::{DedupEntry, DeliveryStatus, NotificationRequested, Preferences, SourceRef};
+use herald_model::{Channel, DedupKey, ErrorClass, Stage, StatusKind};
+use herald_telemetry::events::{DeadLettered, EventReceived, MessageQueued, Suppressed};
+use herald_telemetry::Emit;
+
+use crate::config::RouterSettings;
+use crate::dedup::{DedupStore, Verdict};
+use crate::fanout;
+use crate::policy::{self, CapCounter, Decision};
+use crate::templates::TemplateStore;
+
+/// Header naming why a record was dead-lettered.
+pub const DLQ_REASON: &str = "herald.dlq.reason";
+/// Header with the human-readable error.
+pub const DLQ_DETAIL: &str = "herald.dlq.detail";
+/// Header with `topic/partition/offset` of the original record.
+pub const DLQ_SOURCE: &str = "herald.dlq.source";
+
+/// The state one input partition needs.
+#[derive(Default)]
+pub struct PartitionState {
+    /// Dedup index.
+    pub dedup: DedupStore,
+    /// Preferences of the partition's users.
+    pub prefs: HashMap<String, Preferences>,
+    /// Frequency-cap counters.
+    pub caps: CapCounter,
+}
+
+/// An input record as read.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<&'a [u8]>,
+    /// Value bytes.
+    pub payload: Option<&'a [u8]>,
+}
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Out {
+    /// Destination topic.
+    pub topic: String,
+    /// Key (None: tombstone key never; None only for keyless records).
+    pub key: Option<Vec<u8>>,
+    /// Value (None: a tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Why a record cannot be processed now; the run loop stops and the record
+/// is re-read after a restart (nothing was stored for it).
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The registry is unreachable: retry later.
+    #[error("decoding needs the schema registry, which is unavailable: {0}")]
+    Registry(DecodeError),
+    /// An output could not be encoded (a contract bug).
+    #[error("encoding an output failed: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// The router's decision logic with its fixed inputs.
+pub struct Router {
+    settings: RouterSettings,
+    topology: Topology,
+    templates: TemplateStore,
+    codec: Codec,
+}
+
+fn status(stage_status: StatusKind, event: Option<&NotificationRequested>, reason: &str, now_ms: i64) -> DeliveryStatus {
+    DeliveryStatus {
+        notification_id: None,
+        idempotency_key: event.map(|e| e.idempotency_key.clone()),
+        tenant: event.map(|e| e.tenant.clone()),
+        user_id: event.map(|e| e.user_id.clone()),
+        category: event.map(|e| e.category.clone()),
+        channel: None,
+        stage: Stage::Router,
+        status: stage_status,
+        reason: Some(reason.to_string()),
+        detail: None,
+        provider: None,
+        provider_message_id: None,
+        attempt: 0,
+        occurred_at: now_ms,
+        trace: event.and_then(|e| e.trace.clone()),
+    }
+}
+
+impl Router {
+    /// A router with its settings, topics, templates and codec.
+    pub fn new(settings: RouterSettings, topology: Topology, templates: TemplateStore, codec: Codec) -> Self {
+        Self { settings, topology, templates, codec }
+    }
+
+    /// The topic topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &RouterSettings {
+        &self.settings
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    async fn encode<T: Record>(&self, topic: String, key: Option<Vec<u8>>, value: &T) -> Result<Out, EncodeError> {
+        let payload = self.codec.encode(&topic, value).await?;
+        Ok(Out { topic, key, payload: Some(payload), headers: Vec::new() })
+    }
+
+    async fn status_out(&self, s: DeliveryStatus) -> Result<Out, EncodeError> {
+        let key = s.user_id.clone().map(String::into_bytes);
+        self.encode(self.topology.named("status"), key, &s).await
+    }
+
+    async fn dead_letter(
+        &self,
+        input: &Input<'_>,
+        reason: &'static str,
+        detail: String,
+        event: Option<&NotificationRequested>,
+        now_ms: i64,
+    ) -> Result<Vec<Out>, EncodeError> {
+        DeadLettered { stage: "router", reason, topic: input.topic, partition: input.partition, offset: input.offset }
+            .emit();
+        Suppressed { reason }.emit();
+        let dlq = Out {
+            topic: self.topology.named("dead-letter"),
+            key: input.key.map(<[u8]>::to_vec),
+            payload: input.payload.map(<[u8]>::to_vec),
+            headers: vec![
+                (DLQ_REASON, reason.as_bytes().to_vec()),
+                (DLQ_DETAIL, detail.clone().into_bytes()),
+                (DLQ_SOURCE, format!("{}/{}/{}", input.topic, input.partition, input.offset).into_bytes()),
+            ],
+        };
+        let mut s = status(StatusKind::Invalid, event, reason, now_ms);
+        s.detail = Some(detail);
+        Ok(vec![dlq, self.status_out(s).await?])
+    }
+
+    /// Processes one input record against its partition's state.
+    pub async fn process(&self, st: &mut PartitionState, input: Input<'_>, now_ms: i64) -> Result<Vec<Out>, ProcessError> {
+        let Some(payload) = input.payload else {
+            EventReceived { priority: "unknown" }.emit();
+            return Ok(self.dead_letter(&input, "empty", "the record has no value".into(), None, now_ms).await?);
+        };
+        let event: NotificationRequested = match self.codec.decode(payload).await {
+            Ok(e) => e,
+            Err(e) if e.class() == ErrorClass::Retryable => return Err(ProcessError::Registry(e)),
+            Err(e) => {
+                EventReceived { priority: "unknown" }.emit();
+                herald_telemetry::events::DecodeFailed {
+                    stage: "router",
+                    reason: e.reason(),
+                    topic: input.topic,
+                    partition: input.partition,
+                    offset: input.offset,
+                }
+                .emit();
+                return Ok(self.dead_letter(&input, e.reason(), e.to_string(), None, now_ms).await?);
+            }
+        };
+        EventReceived { priority: event.priority.as_str() }.emit();
+        if let Err(invalid) = event.validate() {
+            return Ok(self.dead_letter(&input, invalid.reason(), invalid.to_string(), Some(&event), now_ms).await?);
+        }
+
+        let key = DedupKey::new(&event.tenant, &event.category, &event.idempotency_key);
+        let mut out = Vec::new();
+        match st.dedup.check(key, input.offset, now_ms, self.settings.window_ms(&event.category)) {
+            Verdict::Duplicate { .. } => {
+                Suppressed { reason: "duplicate" }.emit();
+                out.push(self.status_out(status(StatusKind::Duplicate, Some(&event), "duplicate", now_ms)).await?);
+                return Ok(out);
+            }
+            Verdict::New => {
+                let entry = st.dedup.entry(key, input.partition).unwrap_or(DedupEntry {
+                    expires_at: now_ms,
+                    source_partition: input.partition,
+                    source_offset: input.offset,
+                });
+                out.push(self.encode(self.topology.named("dedup-state"), Some(key.to_bytes().to_vec()), &entry).await?);
+            }
+            // A replay of itself after a crash: its effects are re-emitted.
+            Verdict::Replay => {}
+        }
+
+        let source = SourceRef { topic: input.topic.to_string(), partition: input.partition, offset: input.offset };
+        let prefs = st.prefs.get(&event.user_id);
+        let critical = self.settings.is_critical(&event.category);
+        let user_locale = prefs.and_then(|p| p.locale.as_deref());
+        for channel in event.target_channels() {
+            let decision = policy::decide(&event, channel, prefs, critical, &mut st.caps, now_ms);
+            let (topic, not_before) = match decision {
+                Decision::Send => (self.topology.lane(channel, event.priority), None),
+                Decision::DeferUntil(until) => (self.topology.named("deferred"), Some(until)),
+                other => {
+                    let reason = other.reason();
+                    Suppressed { reason }.emit();
+                    let kind = match other {
+                        Decision::OptedOut => StatusKind::OptedOut,
+                        Decision::Capped => StatusKind::Capped,
+                        _ => StatusKind::Stale,
+                    };
+                    let mut s = status(kind, Some(&event), reason, now_ms);
+                    s.channel = Some(channel);
+                    out.push(self.status_out(s).await?);
+                    continue;
+                }
+            };
+            let content = match fanout::content(&event, channel, &self.templates, user_locale) {
+                Ok(c) => c,
+                Err(e) => {
+                    Suppressed { reason: e.reason() }.emit();
+                    let mut s = status(StatusKind::Invalid, Some(&event), e.reason(), now_ms);
+                    s.channel = Some(channel);
+                    s.detail = Some(e.to_string());
+                    out.push(self.status_out(s).await?);
+                    continue;
+                }
+            };
+            let latency = Duration::from_millis(u64::try_from(now_ms - event.created_at).unwrap_or(0));
+            for msg in fanout::channel_messages(&event, channel, &content, &source, not_before) {
+                if not_before.is_some() {
+                    Suppressed { reason: "quiet_hours" }.emit();
+                    let mut s = status(StatusKind::Deferred, Some(&event), "quiet_hours", now_ms);
+                    s.channel = Some(channel);
+                    s.notification_id = Some(msg.notification_id.clone());
+                    out.push(self.status_out(s).await?);
+                } else {
+                    MessageQueued { channel: channel_label(channel), priority: event.priority.as_str(), latency }.emit();
+                }
+                out.push(self.encode(topic.clone(), Some(event.user_id.clone().into_bytes()), &msg).await?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn channel_label(c: Channel) -> &'static str {
+    c.as_str()
+}
