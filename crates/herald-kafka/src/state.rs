@@ -43,7 +43,9 @@ pub enum RestoreError {
         source: rdkafka::error::KafkaError,
     },
     /// No progress for the stall timeout.
-    #[error("restoring {topic}/{partition}: no progress for {timeout:?} at offset {position} of {end}")]
+    #[error(
+        "restoring {topic}/{partition}: no progress for {timeout:?} at offset {position} of {end}"
+    )]
     Stalled {
         /// Topic.
         topic: String,
@@ -69,16 +71,23 @@ pub async fn read_to_end(
     mut f: impl FnMut(Option<&[u8]>, Option<&[u8]>),
 ) -> Result<RestoreStats, RestoreError> {
     let started = Instant::now();
-    let kafka = |source| RestoreError::Kafka { topic: topic.to_string(), partition, source };
+    let kafka = |source| RestoreError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
     // A group id is required by the client; `assign` never joins the group
     // and no offset is ever stored or committed for it.
     let consumer: StreamConsumer<DefaultConsumerContext> =
         settings.consumer(role, &format!("{role}-restore"), DefaultConsumerContext)?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, settings.request_timeout).map_err(kafka)?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, settings.request_timeout)
+        .map_err(kafka)?;
     let mut records = 0;
     if high > low {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Beginning).map_err(kafka)?;
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(kafka)?;
         consumer.assign(&tpl).map_err(kafka)?;
         let mut stream = consumer.stream();
         let mut position = low;
@@ -96,7 +105,10 @@ pub async fn read_to_end(
                     let pos = consumer
                         .position()
                         .ok()
-                        .and_then(|tpl| tpl.find_partition(topic, partition).and_then(|e| e.offset().to_raw()))
+                        .and_then(|tpl| {
+                            tpl.find_partition(topic, partition)
+                                .and_then(|e| e.offset().to_raw())
+                        })
                         .unwrap_or(position);
                     if pos >= high {
                         break;
@@ -112,5 +124,9 @@ pub async fn read_to_end(
             }
         }
     }
-    Ok(RestoreStats { records, end_offset: high, elapsed: started.elapsed() })
+    Ok(RestoreStats {
+        records,
+        end_offset: high,
+        elapsed: started.elapsed(),
+    })
 }

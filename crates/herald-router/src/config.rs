@@ -85,9 +85,13 @@ impl Default for RouterSettings {
 impl RouterSettings {
     /// Checks values serde cannot: window bounds.
     pub fn validate(&self) -> Result<(), String> {
-        for (category, w) in std::iter::once((&"(default)".to_string(), &self.dedup_window)).chain(&self.category_windows) {
+        for (category, w) in std::iter::once((&"(default)".to_string(), &self.dedup_window))
+            .chain(&self.category_windows)
+        {
             if *w > MAX_DEDUP_WINDOW {
-                return Err(format!("router dedup window for {category} is {w:?}, over the 90-day maximum"));
+                return Err(format!(
+                    "router dedup window for {category} is {w:?}, over the 90-day maximum"
+                ));
             }
             if w.is_zero() {
                 return Err(format!("router dedup window for {category} is zero"));
@@ -101,7 +105,10 @@ impl RouterSettings {
 
     /// The dedup window of `category`, in milliseconds.
     pub fn window_ms(&self, category: &str) -> i64 {
-        let w = self.category_windows.get(category).unwrap_or(&self.dedup_window);
+        let w = self
+            .category_windows
+            .get(category)
+            .unwrap_or(&self.dedup_window);
         i64::try_from(w.as_millis()).unwrap_or(i64::MAX)
     }
 
@@ -118,7 +125,9 @@ mod humantime_serde_map {
 
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
         let raw = BTreeMap::<String, String>::deserialize(d)?;
         raw.into_iter()
             .map(|(k, v)| {
@@ -138,10 +147,12 @@ mod tests {
     fn windows_default_override_and_bounds() {
         let mut s = RouterSettings::default();
         assert_eq!(s.window_ms("receipt"), 86_400_000);
-        s.category_windows.insert("digest".into(), Duration::from_secs(7 * 86_400));
+        s.category_windows
+            .insert("digest".into(), Duration::from_secs(7 * 86_400));
         assert_eq!(s.window_ms("digest"), 7 * 86_400_000);
         assert!(s.validate().is_ok());
-        s.category_windows.insert("archive".into(), Duration::from_secs(91 * 86_400));
+        s.category_windows
+            .insert("archive".into(), Duration::from_secs(91 * 86_400));
         assert!(s.validate().unwrap_err().contains("archive"));
         assert!(s.is_critical("password_reset"));
     }

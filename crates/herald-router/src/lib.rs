@@ -8,7 +8,13 @@
 //! (herald-kafka does) and registers no metric (herald-telemetry does); it
 //! never depends on another stage crate.
 
+pub mod config;
 pub mod dedup;
 pub mod fanout;
 pub mod policy;
+pub mod process;
+pub mod run;
 pub mod templates;
+
+pub use config::RouterConfig;
+pub use run::run;

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use herald_codec::{Codec, DecodeError, EncodeError, Record};
 use herald_kafka::Topology;
-use herald_model::wire::{DedupEntry, DeliveryStatus, NotificationRequested, Preferences, SourceRef};
-use herald_model::{Channel, DedupKey, ErrorClass, Stage, StatusKind};
+use herald_model::wire::{
+    DedupEntry, DeliveryStatus, NotificationRequested, Preferences, SourceRef,
+};
+use herald_model::{DedupKey, ErrorClass, Stage, StatusKind};
 use herald_telemetry::events::{DeadLettered, EventReceived, MessageQueued, Suppressed};
 use herald_telemetry::Emit;
 
@@ -56,6 +58,9 @@ pub struct Input<'a> {
 pub struct Out {
     /// Destination topic.
     pub topic: String,
+    /// Destination partition; `None` lets the partitioner pick by key.
+    /// State records name it: they live in the partition of their input.
+    pub partition: Option<i32>,
     /// Key (None: tombstone key never; None only for keyless records).
     pub key: Option<Vec<u8>>,
     /// Value (None: a tombstone).
@@ -84,7 +89,12 @@ pub struct Router {
     codec: Codec,
 }
 
-fn status(stage_status: StatusKind, event: Option<&NotificationRequested>, reason: &str, now_ms: i64) -> DeliveryStatus {
+fn status(
+    stage_status: StatusKind,
+    event: Option<&NotificationRequested>,
+    reason: &str,
+    now_ms: i64,
+) -> DeliveryStatus {
     DeliveryStatus {
         notification_id: None,
         idempotency_key: event.map(|e| e.idempotency_key.clone()),
@@ -106,8 +116,18 @@ fn status(stage_status: StatusKind, event: Option<&NotificationRequested>, reaso
 
 impl Router {
     /// A router with its settings, topics, templates and codec.
-    pub fn new(settings: RouterSettings, topology: Topology, templates: TemplateStore, codec: Codec) -> Self {
-        Self { settings, topology, templates, codec }
+    pub fn new(
+        settings: RouterSettings,
+        topology: Topology,
+        templates: TemplateStore,
+        codec: Codec,
+    ) -> Self {
+        Self {
+            settings,
+            topology,
+            templates,
+            codec,
+        }
     }
 
     /// The topic topology.
@@ -125,9 +145,20 @@ impl Router {
         &self.codec
     }
 
-    async fn encode<T: Record>(&self, topic: String, key: Option<Vec<u8>>, value: &T) -> Result<Out, EncodeError> {
+    async fn encode<T: Record>(
+        &self,
+        topic: String,
+        key: Option<Vec<u8>>,
+        value: &T,
+    ) -> Result<Out, EncodeError> {
         let payload = self.codec.encode(&topic, value).await?;
-        Ok(Out { topic, key, payload: Some(payload), headers: Vec::new() })
+        Ok(Out {
+            topic,
+            partition: None,
+            key,
+            payload: Some(payload),
+            headers: Vec::new(),
+        })
     }
 
     async fn status_out(&self, s: DeliveryStatus) -> Result<Out, EncodeError> {
@@ -143,17 +174,27 @@ impl Router {
         event: Option<&NotificationRequested>,
         now_ms: i64,
     ) -> Result<Vec<Out>, EncodeError> {
-        DeadLettered { stage: "router", reason, topic: input.topic, partition: input.partition, offset: input.offset }
-            .emit();
+        DeadLettered {
+            stage: "router",
+            reason,
+            topic: input.topic,
+            partition: input.partition,
+            offset: input.offset,
+        }
+        .emit();
         Suppressed { reason }.emit();
         let dlq = Out {
             topic: self.topology.named("dead-letter"),
+            partition: None,
             key: input.key.map(<[u8]>::to_vec),
             payload: input.payload.map(<[u8]>::to_vec),
             headers: vec![
                 (DLQ_REASON, reason.as_bytes().to_vec()),
                 (DLQ_DETAIL, detail.clone().into_bytes()),
-                (DLQ_SOURCE, format!("{}/{}/{}", input.topic, input.partition, input.offset).into_bytes()),
+                (
+                    DLQ_SOURCE,
+                    format!("{}/{}/{}", input.topic, input.partition, input.offset).into_bytes(),
+                ),
             ],
         };
         let mut s = status(StatusKind::Invalid, event, reason, now_ms);
@@ -162,16 +203,35 @@ impl Router {
     }
 
     /// Processes one input record against its partition's state.
-    pub async fn process(&self, st: &mut PartitionState, input: Input<'_>, now_ms: i64) -> Result<Vec<Out>, ProcessError> {
+    pub async fn process(
+        &self,
+        st: &mut PartitionState,
+        input: Input<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<Out>, ProcessError> {
         let Some(payload) = input.payload else {
-            EventReceived { priority: "unknown" }.emit();
-            return Ok(self.dead_letter(&input, "empty", "the record has no value".into(), None, now_ms).await?);
+            EventReceived {
+                priority: "unknown",
+            }
+            .emit();
+            return Ok(self
+                .dead_letter(
+                    &input,
+                    "empty",
+                    "the record has no value".into(),
+                    None,
+                    now_ms,
+                )
+                .await?);
         };
         let event: NotificationRequested = match self.codec.decode(payload).await {
             Ok(e) => e,
             Err(e) if e.class() == ErrorClass::Retryable => return Err(ProcessError::Registry(e)),
             Err(e) => {
-                EventReceived { priority: "unknown" }.emit();
+                EventReceived {
+                    priority: "unknown",
+                }
+                .emit();
                 herald_telemetry::events::DecodeFailed {
                     stage: "router",
                     reason: e.reason(),
@@ -180,20 +240,49 @@ impl Router {
                     offset: input.offset,
                 }
                 .emit();
-                return Ok(self.dead_letter(&input, e.reason(), e.to_string(), None, now_ms).await?);
+                return Ok(self
+                    .dead_letter(&input, e.reason(), e.to_string(), None, now_ms)
+                    .await?);
             }
         };
-        EventReceived { priority: event.priority.as_str() }.emit();
+        EventReceived {
+            priority: event.priority.as_str(),
+        }
+        .emit();
         if let Err(invalid) = event.validate() {
-            return Ok(self.dead_letter(&input, invalid.reason(), invalid.to_string(), Some(&event), now_ms).await?);
+            return Ok(self
+                .dead_letter(
+                    &input,
+                    invalid.reason(),
+                    invalid.to_string(),
+                    Some(&event),
+                    now_ms,
+                )
+                .await?);
         }
 
         let key = DedupKey::new(&event.tenant, &event.category, &event.idempotency_key);
         let mut out = Vec::new();
-        match st.dedup.check(key, input.offset, now_ms, self.settings.window_ms(&event.category)) {
+        match st.dedup.check(
+            key,
+            input.offset,
+            now_ms,
+            self.settings.window_ms(&event.category),
+        ) {
             Verdict::Duplicate { .. } => {
-                Suppressed { reason: "duplicate" }.emit();
-                out.push(self.status_out(status(StatusKind::Duplicate, Some(&event), "duplicate", now_ms)).await?);
+                Suppressed {
+                    reason: "duplicate",
+                }
+                .emit();
+                out.push(
+                    self.status_out(status(
+                        StatusKind::Duplicate,
+                        Some(&event),
+                        "duplicate",
+                        now_ms,
+                    ))
+                    .await?,
+                );
                 return Ok(out);
             }
             Verdict::New => {
@@ -202,13 +291,25 @@ impl Router {
                     source_partition: input.partition,
                     source_offset: input.offset,
                 });
-                out.push(self.encode(self.topology.named("dedup-state"), Some(key.to_bytes().to_vec()), &entry).await?);
+                let mut state = self
+                    .encode(
+                        self.topology.named("dedup-state"),
+                        Some(key.to_bytes().to_vec()),
+                        &entry,
+                    )
+                    .await?;
+                state.partition = Some(input.partition);
+                out.push(state);
             }
             // A replay of itself after a crash: its effects are re-emitted.
             Verdict::Replay => {}
         }
 
-        let source = SourceRef { topic: input.topic.to_string(), partition: input.partition, offset: input.offset };
+        let source = SourceRef {
+            topic: input.topic.to_string(),
+            partition: input.partition,
+            offset: input.offset,
+        };
         let prefs = st.prefs.get(&event.user_id);
         let critical = self.settings.is_critical(&event.category);
         let user_locale = prefs.and_then(|p| p.locale.as_deref());
@@ -242,24 +343,36 @@ impl Router {
                     continue;
                 }
             };
-            let latency = Duration::from_millis(u64::try_from(now_ms - event.created_at).unwrap_or(0));
+            let latency =
+                Duration::from_millis(u64::try_from(now_ms - event.created_at).unwrap_or(0));
             for msg in fanout::channel_messages(&event, channel, &content, &source, not_before) {
                 if not_before.is_some() {
-                    Suppressed { reason: "quiet_hours" }.emit();
+                    Suppressed {
+                        reason: "quiet_hours",
+                    }
+                    .emit();
                     let mut s = status(StatusKind::Deferred, Some(&event), "quiet_hours", now_ms);
                     s.channel = Some(channel);
                     s.notification_id = Some(msg.notification_id.clone());
                     out.push(self.status_out(s).await?);
                 } else {
-                    MessageQueued { channel: channel_label(channel), priority: event.priority.as_str(), latency }.emit();
+                    MessageQueued {
+                        channel: channel.as_str(),
+                        priority: event.priority.as_str(),
+                        latency,
+                    }
+                    .emit();
                 }
-                out.push(self.encode(topic.clone(), Some(event.user_id.clone().into_bytes()), &msg).await?);
+                out.push(
+                    self.encode(
+                        topic.clone(),
+                        Some(event.user_id.clone().into_bytes()),
+                        &msg,
+                    )
+                    .await?,
+                );
             }
         }
         Ok(out)
     }
-}
-
-fn channel_label(c: Channel) -> &'static str {
-    c.as_str()
 }

@@ -103,7 +103,10 @@ pub struct EventReceived {
 
 impl Emit for EventReceived {
     fn emit(self) {
-        Metrics::global().router_events_in.with_label_values(&[self.priority]).inc();
+        Metrics::global()
+            .router_events_in
+            .with_label_values(&[self.priority])
+            .inc();
     }
 }
 
@@ -121,8 +124,12 @@ pub struct MessageQueued {
 impl Emit for MessageQueued {
     fn emit(self) {
         let m = Metrics::global();
-        m.router_messages_out.with_label_values(&[self.channel, self.priority]).inc();
-        m.router_latency_seconds.with_label_values(&[self.priority]).observe(self.latency.as_secs_f64());
+        m.router_messages_out
+            .with_label_values(&[self.channel, self.priority])
+            .inc();
+        m.router_latency_seconds
+            .with_label_values(&[self.priority])
+            .observe(self.latency.as_secs_f64());
     }
 }
 
@@ -136,7 +143,10 @@ pub struct Suppressed {
 impl Emit for Suppressed {
     fn emit(self) {
         tracing::debug!(reason = self.reason, "Notification not sent now.");
-        Metrics::global().router_suppressed.with_label_values(&[self.reason]).inc();
+        Metrics::global()
+            .router_suppressed
+            .with_label_values(&[self.reason])
+            .inc();
     }
 }
 
@@ -165,7 +175,10 @@ impl Emit for DeadLettered<'_> {
             offset = self.offset,
             "Record dead-lettered."
         );
-        Metrics::global().dead_letters.with_label_values(&[self.stage, self.reason]).inc();
+        Metrics::global()
+            .dead_letters
+            .with_label_values(&[self.stage, self.reason])
+            .inc();
     }
 }
 
@@ -195,9 +208,15 @@ impl Emit for StateRestored {
         );
         let m = Metrics::global();
         let p = self.partition.to_string();
-        m.router_state_entries.with_label_values(&[&p]).set(self.entries as i64);
-        m.router_state_bytes.with_label_values(&[&p]).set(self.bytes as i64);
-        m.router_restore_seconds.with_label_values::<&str>(&[]).observe(self.elapsed.as_secs_f64());
+        m.router_state_entries
+            .with_label_values(&[&p])
+            .set(self.entries as i64);
+        m.router_state_bytes
+            .with_label_values(&[&p])
+            .set(self.bytes as i64);
+        m.router_restore_seconds
+            .with_label_values::<&str>(&[])
+            .observe(self.elapsed.as_secs_f64());
     }
 }
 
@@ -213,6 +232,9 @@ pub struct Rebalanced {
 impl Emit for Rebalanced {
     fn emit(self) {
         tracing::info!(kind = self.kind, partitions = self.partitions, "Rebalance.");
-        Metrics::global().rebalances.with_label_values(&[self.kind]).inc();
+        Metrics::global()
+            .rebalances
+            .with_label_values(&[self.kind])
+            .inc();
     }
 }

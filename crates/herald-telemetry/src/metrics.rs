@@ -132,26 +132,64 @@ impl Metrics {
             register(&registry, IntGaugeVec::new(opts(name, help), labels))
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            register(&registry, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels))
+            register(
+                &registry,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels),
+            )
         };
-        let latency_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-        let router_events_in = counter(names::ROUTER_EVENTS_IN, "Events read by the router.", &["priority"]);
-        let router_messages_out =
-            counter(names::ROUTER_MESSAGES_OUT, "Channel messages produced by the router.", &["channel", "priority"]);
-        let router_suppressed = counter(names::ROUTER_SUPPRESSED, "Decisions not to send now.", &["reason"]);
-        let dead_letters = counter(names::DEAD_LETTERS, "Records sent to a dead-letter topic.", &["stage", "reason"]);
-        let router_latency_seconds =
-            histogram(names::ROUTER_LATENCY_SECONDS, "Event time to fan-out.", &["priority"], latency_buckets);
-        let router_state_entries = gauge(names::ROUTER_STATE_ENTRIES, "Live dedup entries.", &["partition"]);
-        let router_state_bytes = gauge(names::ROUTER_STATE_BYTES, "Bytes of the dedup index.", &["partition"]);
+        let latency_buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let router_events_in = counter(
+            names::ROUTER_EVENTS_IN,
+            "Events read by the router.",
+            &["priority"],
+        );
+        let router_messages_out = counter(
+            names::ROUTER_MESSAGES_OUT,
+            "Channel messages produced by the router.",
+            &["channel", "priority"],
+        );
+        let router_suppressed = counter(
+            names::ROUTER_SUPPRESSED,
+            "Decisions not to send now.",
+            &["reason"],
+        );
+        let dead_letters = counter(
+            names::DEAD_LETTERS,
+            "Records sent to a dead-letter topic.",
+            &["stage", "reason"],
+        );
+        let router_latency_seconds = histogram(
+            names::ROUTER_LATENCY_SECONDS,
+            "Event time to fan-out.",
+            &["priority"],
+            latency_buckets,
+        );
+        let router_state_entries = gauge(
+            names::ROUTER_STATE_ENTRIES,
+            "Live dedup entries.",
+            &["partition"],
+        );
+        let router_state_bytes = gauge(
+            names::ROUTER_STATE_BYTES,
+            "Bytes of the dedup index.",
+            &["partition"],
+        );
         let router_restore_seconds = histogram(
             names::ROUTER_RESTORE_SECONDS,
             "Time to restore one partition's state.",
             &[],
             vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
         );
-        let rebalances = counter(names::REBALANCES, "Partition assignments and revocations.", &["kind"]);
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let rebalances = counter(
+            names::REBALANCES,
+            "Partition assignments and revocations.",
+            &["kind"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Self {
             registry,
             build_info,

@@ -169,6 +169,41 @@ impl TestBroker {
             .push(name.to_string());
     }
 
+    /// Every record of `topic` (all partitions, from the beginning), read
+    /// until no record arrives for `idle`.
+    pub async fn read_all(
+        &self,
+        topic: &str,
+        partitions: i32,
+        idle: Duration,
+    ) -> Vec<rdkafka::message::OwnedMessage> {
+        use futures::StreamExt;
+        use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+        use rdkafka::message::Message;
+        let consumer: StreamConsumer<DefaultConsumerContext> = self
+            .settings()
+            .consumer("test-reader", &self.group("reader"), DefaultConsumerContext)
+            .unwrap_or_else(|e| panic!("reader: {e}"));
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        consumer
+            .assign(&tpl)
+            .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
+        let mut out = Vec::new();
+        {
+            let mut stream = consumer.stream();
+            while let Ok(Some(Ok(m))) = tokio::time::timeout(idle, stream.next()).await {
+                out.push(m.detach());
+            }
+        }
+        drop(consumer);
+        out.sort_by_key(|m| (m.partition(), m.offset()));
+        out
+    }
+
     /// Records a topic created by the code under test, for teardown.
     pub fn track(&self, name: &str) {
         self.created

@@ -1,0 +1,248 @@
+//! The router against a real broker (nisshi), at_least_once: fan-out,
+//! duplicates, dead letters, audit statuses, and restore after a restart.
+
+// Tests fail loudly on unexpected errors: that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use herald_codec::{encode_single_object, Codec};
+use herald_kafka::settings::ProducerKind;
+use herald_kafka::{topology, Topology, TopologySettings};
+use herald_model::wire::{ChannelMessage, DeliveryStatus};
+use herald_model::{sample, Channel, Priority, StatusKind};
+use herald_router::RouterConfig;
+use herald_telemetry::{AdminState, Shutdown};
+use herald_testkit::{BrokerKind, TestBroker};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+
+const PARTITIONS: i32 = 2;
+const IDLE: Duration = Duration::from_secs(2);
+
+struct Stack {
+    broker: TestBroker,
+    config: RouterConfig,
+    topology: Topology,
+}
+
+async fn stack() -> Stack {
+    let broker = TestBroker::start(BrokerKind::Fast);
+    let settings = TopologySettings {
+        prefix: broker.unique("router"),
+        partitions: PARTITIONS,
+        channel_partitions: 1,
+        replication_factor: 1,
+        min_insync_replicas: 1,
+    };
+    let topology = Topology::new(settings.clone());
+    for t in topology.topics() {
+        broker.track(&t.name);
+    }
+    let admin = broker.settings().admin().unwrap();
+    topology::apply(&admin, &topology, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut config = RouterConfig {
+        kafka: broker.settings(),
+        topics: settings,
+        ..Default::default()
+    };
+    config.router.group = broker.group("router");
+    Stack {
+        broker,
+        config,
+        topology,
+    }
+}
+
+fn start(config: &RouterConfig) -> (Shutdown, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(herald_router::run(
+        config.clone(),
+        shutdown.clone(),
+        AdminState::new("router-test"),
+    ));
+    (shutdown, task)
+}
+
+async fn stop(shutdown: Shutdown, task: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("drains in time")
+        .unwrap()
+        .unwrap();
+}
+
+async fn produce(s: &Stack, records: &[(String, Vec<u8>)]) {
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    let topic = s.topology.notifications();
+    for (key, value) in records {
+        producer
+            .send(
+                FutureRecord::to(&topic).key(key).payload(value),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+async fn lane_messages(s: &Stack, channel: Channel) -> Vec<ChannelMessage> {
+    let codec = Codec::single_object();
+    let mut out = Vec::new();
+    for lane in Priority::ALL {
+        for m in s
+            .broker
+            .read_all(&s.topology.lane(channel, *lane), 1, IDLE)
+            .await
+        {
+            out.push(
+                codec
+                    .decode_local::<ChannelMessage>(m.payload().unwrap())
+                    .unwrap(),
+            );
+        }
+    }
+    out
+}
+
+async fn statuses(s: &Stack) -> Vec<DeliveryStatus> {
+    let codec = Codec::single_object();
+    s.broker
+        .read_all(&s.topology.named("status"), PARTITIONS, IDLE)
+        .await
+        .iter()
+        .map(|m| {
+            codec
+                .decode_local::<DeliveryStatus>(m.payload().unwrap())
+                .unwrap()
+        })
+        .collect()
+}
+
+fn event(n: u64) -> (String, Vec<u8>) {
+    let mut e = sample::notification(n, now());
+    if n.is_multiple_of(3) {
+        e.priority = Priority::Urgent;
+    }
+    (e.user_id.clone(), encode_single_object(&e).unwrap())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test]
+async fn fans_out_once_dead_letters_bad_input_and_remembers_across_restarts() {
+    let s = stack().await;
+    let (shutdown, task) = start(&s.config);
+
+    // 30 unique events, 6 re-sent duplicates, garbage and an invalid event.
+    let mut records: Vec<(String, Vec<u8>)> = (0..30).map(event).collect();
+    records.extend((0..6).map(|n| event(n * 5)));
+    records.push(("user-x".into(), b"{\"not\":\"avro\"}".to_vec()));
+    let mut invalid = sample::notification(99, now());
+    invalid.tenant.clear();
+    records.push((
+        invalid.user_id.clone(),
+        encode_single_object(&invalid).unwrap(),
+    ));
+    produce(&s, &records).await;
+
+    let push = lane_messages(&s, Channel::Push).await;
+    let email = lane_messages(&s, Channel::Email).await;
+    let keys = |msgs: &[ChannelMessage]| {
+        msgs.iter()
+            .map(|m| m.idempotency_key.clone())
+            .collect::<Vec<_>>()
+    };
+    let unique: BTreeSet<String> = (0..30).map(|n| format!("order-{n}")).collect();
+    let mut push_keys = keys(&push);
+    push_keys.sort();
+    assert_eq!(push_keys.len(), 30, "each unique event once on push");
+    assert_eq!(push_keys.iter().cloned().collect::<BTreeSet<_>>(), unique);
+    assert_eq!(email.len(), 30, "and once on email");
+    // Urgent events went to the urgent lane only.
+    let urgent = s
+        .broker
+        .read_all(&s.topology.lane(Channel::Push, Priority::Urgent), 1, IDLE)
+        .await;
+    assert_eq!(urgent.len(), 10);
+    // Deterministic ids, one per (event, channel, recipient).
+    let ids: BTreeSet<&str> = push
+        .iter()
+        .chain(&email)
+        .map(|m| m.notification_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 60);
+
+    // The audit trail says why the rest was not sent.
+    let st = statuses(&s).await;
+    let by: BTreeMap<StatusKind, usize> = st.iter().fold(BTreeMap::new(), |mut m, s| {
+        *m.entry(s.status).or_default() += 1;
+        m
+    });
+    assert_eq!(by.get(&StatusKind::Duplicate), Some(&6), "{by:?}");
+    assert_eq!(by.get(&StatusKind::Invalid), Some(&2), "{by:?}");
+    let dlq = s
+        .broker
+        .read_all(&s.topology.named("dead-letter"), PARTITIONS, IDLE)
+        .await;
+    assert_eq!(dlq.len(), 2);
+    let reasons: BTreeSet<String> = dlq
+        .iter()
+        .map(|m| {
+            let h = m.headers().unwrap();
+            let r = h.iter().find(|h| h.key == "herald.dlq.reason").unwrap();
+            String::from_utf8_lossy(r.value.unwrap()).into_owned()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        BTreeSet::from(["unknown_magic".to_string(), "empty_field".to_string()])
+    );
+    assert!(
+        dlq.iter()
+            .any(|m| m.payload() == Some(b"{\"not\":\"avro\"}".as_slice())),
+        "original bytes kept"
+    );
+
+    stop(shutdown, task).await;
+
+    // A new instance restores the state topic: a late duplicate is still
+    // recognised, and nothing committed is processed again.
+    let (shutdown, task) = start(&s.config);
+    produce(&s, &[event(7), event(31)]).await;
+    let push = lane_messages(&s, Channel::Push).await;
+    let mut seen = BTreeMap::new();
+    for m in &push {
+        *seen
+            .entry((
+                m.idempotency_key.clone(),
+                m.source.offset,
+                m.source.partition,
+            ))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(push.len(), 31, "only order-31 is new: {seen:?}");
+    let st = statuses(&s).await;
+    assert_eq!(
+        st.iter()
+            .filter(|s| s.status == StatusKind::Duplicate)
+            .count(),
+        7
+    );
+    stop(shutdown, task).await;
+}
