@@ -21,8 +21,24 @@ pub struct CliConfig {
     pub log: LogSettings,
     /// Admin HTTP server.
     pub admin: AdminSettings,
+    /// Router behaviour (`herald dev` runs the router in-process).
+    pub router: herald_router::config::RouterSettings,
     /// Local stack options.
     pub dev: DevSettings,
+}
+
+impl CliConfig {
+    /// The router's configuration: the shared sections plus `[router]`.
+    pub fn router_config(&self) -> herald_router::RouterConfig {
+        herald_router::RouterConfig {
+            kafka: self.kafka.clone(),
+            topics: self.topics.clone(),
+            codec: self.codec.clone(),
+            log: self.log.clone(),
+            admin: self.admin.clone(),
+            router: self.router.clone(),
+        }
+    }
 }
 
 /// The `[dev]` section.

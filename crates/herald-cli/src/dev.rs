@@ -63,7 +63,19 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
     supervisor.spawn("admin", async move { Ok(admin_task.await??) });
     println!("admin      http://{admin_addr}/metrics  /healthz  /readyz");
-    println!("stages     none yet: the router, delivery workers, tracker and scaler join `herald dev` as they land");
+    let router_admin = AdminState::new("router");
+    supervisor.spawn(
+        "router",
+        herald_router::run(config.router_config(), supervisor.shutdown(), router_admin),
+    );
+    println!(
+        "stages     router (group {}); delivery workers, tracker and scaler join as they land",
+        config.router.group
+    );
+    println!(
+        "try        herald send --count 10   (then read {}.<channel>.<lane>)",
+        topology.settings().prefix
+    );
     admin_state.set_ready(true);
     println!("ready      Ctrl-C to stop");
 

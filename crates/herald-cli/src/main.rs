@@ -2,10 +2,12 @@
 //!
 //! - `herald dev` runs the local stack: an embedded Kafka-protocol cluster
 //!   (unless `kafka.bootstrap` is set), the topics, and every Herald stage.
+//! - `herald send` produces sample notifications to watch them flow.
 //! - `herald topics apply|describe` reconciles and shows the topic topology.
 
 mod config;
 mod dev;
+mod send;
 mod topics;
 
 use std::path::PathBuf;
@@ -31,6 +33,18 @@ struct Cli {
 enum Command {
     /// Run the local stack until Ctrl-C.
     Dev,
+    /// Produce sample notifications to the notifications topic.
+    Send {
+        /// Events to produce.
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        /// Percentage of them re-sent with the same idempotency key.
+        #[arg(long, default_value_t = 0)]
+        duplicates: u64,
+        /// First event number (events are `order-<n>`).
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+    },
     /// Manage Herald's topics.
     Topics {
         #[command(subcommand)]
@@ -63,6 +77,11 @@ async fn main() -> ExitCode {
     herald_telemetry::init_tracing(&config.log);
     let result = match cli.command {
         Command::Dev => dev::run(config).await,
+        Command::Send {
+            count,
+            duplicates,
+            start,
+        } => send::run(&config, start, count, duplicates).await,
         Command::Topics {
             action: TopicsAction::Apply { strict },
         } => topics::apply(&config, strict).await,

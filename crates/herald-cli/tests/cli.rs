@@ -12,15 +12,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald_codec::Codec;
-use herald_kafka::settings::ProducerKind;
 use herald_kafka::KafkaSettings;
-use herald_model::sample;
-use herald_model::wire::NotificationRequested;
+use herald_model::wire::ChannelMessage;
 use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::consumer::{Consumer, DefaultConsumerContext};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
-use rdkafka::util::Timeout;
 
 const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
@@ -88,47 +84,58 @@ async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
     assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
     assert!(http_get(&admin, "/metrics").contains("herald_ready{stage=\"dev\"} 1"));
 
-    // The topics exist: a product team's event goes in and comes back out.
+    // A product team's event goes in; the router fans it out to the lanes.
+    let send = Command::new(HERALD)
+        .args(["send", "--count", "3", "--duplicates", "100"])
+        .env("HERALD__KAFKA__BOOTSTRAP", &bootstrap)
+        .env("HERALD__TOPICS__PARTITIONS", "3")
+        .output()
+        .expect("herald send");
+    let said = String::from_utf8_lossy(&send.stdout);
+    assert!(
+        send.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    assert!(
+        said.contains("sent 6 events to herald.notifications (3 duplicates)"),
+        "{said}"
+    );
     let settings = KafkaSettings::with_bootstrap(bootstrap.clone());
-    let producer = settings
-        .producer("test", &ProducerKind::Idempotent)
-        .expect("producer");
-    let event = sample::notification(1, 1_790_000_000_000);
-    let bytes = herald_codec::encode_single_object(&event).expect("encode");
-    producer
-        .send(
-            FutureRecord::to("herald.notifications")
-                .key(&event.user_id)
-                .payload(&bytes),
-            Timeout::After(Duration::from_secs(10)),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce to the embedded cluster");
     let consumer = settings
         .consumer("test", "dev-test", DefaultConsumerContext)
         .expect("consumer");
     // Assigned, not subscribed: no group rebalance to wait for.
     let mut assignment = rdkafka::TopicPartitionList::new();
-    for p in 0..3 {
+    for p in 0..2 {
         assignment
-            .add_partition_offset("herald.notifications", p, rdkafka::Offset::Beginning)
+            .add_partition_offset("herald.push.normal", p, rdkafka::Offset::Beginning)
             .expect("partition");
     }
     consumer.assign(&assignment).expect("assign");
-    let msg = tokio::time::timeout(Duration::from_secs(30), consumer.stream().next())
+    let mut keys = Vec::new();
+    {
+        let mut stream = consumer.stream();
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(
+            Duration::from_secs(if keys.len() < 3 { 30 } else { 3 }),
+            stream.next(),
+        )
         .await
-        .expect("a record within 30s")
-        .expect("stream")
-        .expect("message");
-    let got: NotificationRequested = Codec::single_object()
-        .decode(msg.payload().expect("payload"))
-        .await
-        .expect("decode");
-    assert_eq!(got, event);
-    // A message keeps its partition (and so the client) alive: release it first.
-    drop(msg);
+        {
+            let m: ChannelMessage = Codec::single_object()
+                .decode(msg.payload().expect("payload"))
+                .await
+                .expect("decode");
+            keys.push(m.idempotency_key);
+        }
+    }
     drop(consumer);
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["order-0", "order-1", "order-2"],
+        "each event once, duplicates suppressed"
+    );
 
     // Ctrl-C: drains and exits 0.
     let status = Command::new("kill")
