@@ -30,7 +30,9 @@ pub struct KafkaSettings {
     pub linger: Duration,
     /// Raw librdkafka properties for everything the typed settings do not
     /// cover (for example `compression.type`, `fetch.max.bytes`). A key that
-    /// a typed setting owns is rejected at start-up.
+    /// a typed setting owns is rejected at start-up. Numbers and booleans
+    /// are accepted as such (`HERALD__KAFKA__OVERRIDES__fetch.max.bytes=1048576`).
+    #[serde(deserialize_with = "scalar_map")]
     pub overrides: BTreeMap<String, String>,
 }
 
@@ -45,6 +47,34 @@ impl Default for KafkaSettings {
             overrides: BTreeMap::new(),
         }
     }
+}
+
+/// A map whose values may be strings, numbers or booleans, kept as strings
+/// (librdkafka properties are strings).
+fn scalar_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 /// `security.protocol`.

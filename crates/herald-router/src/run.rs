@@ -316,8 +316,15 @@ pub async fn run(
         }
     }
     let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.");
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing new since the last commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.")
+        }
     }
     consumer.unsubscribe();
     tracing::info!("Router drained.");

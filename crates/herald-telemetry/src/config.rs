@@ -155,18 +155,30 @@ fn deserialize_reporting_all<T: DeserializeOwned>(
             Ok(v) if problems.is_empty() => return Ok(v),
             Ok(_) => return Err(ConfigError::Invalid { problems }),
             Err(err) => {
-                let path = err.path().to_string();
-                let inner = err.into_inner();
-                let message = inner.message().to_string();
-                let segments: Vec<String> = if path == "." || path.is_empty() {
-                    Vec::new()
-                } else {
-                    path.split('.')
-                        .map(|s| s.trim_matches(|c| c == '[' || c == ']').to_string())
-                        .collect()
-                };
-                // The path names the offending key itself, unknown keys included.
-                let shown = segments.join(".");
+                // Segments, not the dotted string: keys may contain dots
+                // (`kafka.overrides."session.timeout.ms"`).
+                let segments: Vec<String> = err
+                    .path()
+                    .iter()
+                    .map(|seg| match seg {
+                        serde_path_to_error::Segment::Seq { index } => index.to_string(),
+                        serde_path_to_error::Segment::Map { key } => key.clone(),
+                        serde_path_to_error::Segment::Enum { variant } => variant.clone(),
+                        serde_path_to_error::Segment::Unknown => "?".to_string(),
+                    })
+                    .collect();
+                let message = err.into_inner().message().to_string();
+                let shown = segments
+                    .iter()
+                    .map(|s| {
+                        if s.contains('.') {
+                            format!("\"{s}\"")
+                        } else {
+                            s.clone()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".");
                 let removal = segments;
                 let shown = if shown.is_empty() {
                     "<root>".to_string()
@@ -299,6 +311,26 @@ mod tests {
             load_config::<Cfg>(&src).expect("load").kafka.linger,
             Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn keys_with_dots_are_reported_and_skipped_one_by_one() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Over {
+            overrides: std::collections::BTreeMap<String, u32>,
+        }
+        let (src, _f) = source(
+            None,
+            &[
+                ("HERALD__OVERRIDES__session.timeout.ms", "soon"),
+                ("HERALD__OVERRIDES__fetch.max.bytes", "big"),
+            ],
+        );
+        let err = load_config::<Over>(&src).unwrap_err().to_string();
+        assert!(err.contains("overrides.\"session.timeout.ms\""), "{err}");
+        assert!(err.contains("overrides.\"fetch.max.bytes\""), "{err}");
     }
 
     #[test]
