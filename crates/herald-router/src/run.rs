@@ -24,12 +24,13 @@ use herald_model::DedupKey;
 use herald_telemetry::events::{Rebalanced, StateRestored};
 use herald_telemetry::{AdminState, Emit, Shutdown};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, Rebalance,
+    StreamConsumer,
 };
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::RouterConfig;
 use crate::process::{Input, Out, PartitionState, Router};
@@ -89,12 +90,13 @@ fn load_templates(config: &RouterConfig) -> anyhow::Result<TemplateStore> {
     }
 }
 
-/// Restores one partition: dedup state and preferences, each read to its end.
+/// Restores one partition: dedup state and preferences, each read to its
+/// end. Returns the state and the preferences offset to follow from.
 async fn restore(
     config: &RouterConfig,
     router: &Router,
     partition: i32,
-) -> anyhow::Result<PartitionState> {
+) -> anyhow::Result<(PartitionState, i64)> {
     let topology = router.topology();
     let mut st = PartitionState::default();
     let now = now_ms();
@@ -123,7 +125,7 @@ async fn restore(
     )
     .await?;
     let mut raw_prefs: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-    read_to_end(
+    let prefs_stats = read_to_end(
         &config.kafka,
         "router",
         &topology.named("preferences"),
@@ -164,7 +166,37 @@ async fn restore(
         elapsed: stats.elapsed,
     }
     .emit();
-    Ok(st)
+    Ok((st, prefs_stats.end_offset))
+}
+
+/// Applies one preferences record (a tombstone deletes) to its partition.
+async fn apply_preferences(
+    states: &mut HashMap<i32, PartitionState>,
+    router: &Router,
+    msg: &impl Message,
+) {
+    let Some(st) = states.get_mut(&msg.partition()) else {
+        return;
+    };
+    let Some(user) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+        return;
+    };
+    match msg.payload() {
+        None => {
+            st.prefs.remove(user);
+        }
+        Some(bytes) => match router.codec().decode::<Preferences>(bytes).await {
+            Ok(p) => {
+                st.prefs.insert(user.to_string(), p);
+            }
+            Err(e) => tracing::warn!(
+                partition = msg.partition(),
+                offset = msg.offset(),
+                reason = e.reason(),
+                "Preferences record skipped: undecodable."
+            ),
+        },
+    }
 }
 
 fn send(producer: &FutureProducer, out: Out) -> Result<rdkafka::producer::DeliveryFuture, String> {
@@ -229,6 +261,15 @@ pub async fn run(
     let mut last_evict = Instant::now();
     let max_in_flight = config.router.max_in_flight;
     let mut stream = consumer.stream();
+    // Follows the preferences partitions of the assigned input partitions
+    // (assigned by hand, never committed) so changes apply while running.
+    let prefs_topic = topology.named("preferences");
+    let prefs_follower: StreamConsumer<DefaultConsumerContext> = config.kafka.consumer(
+        "router-prefs",
+        &format!("{}-prefs", config.router.group),
+        DefaultConsumerContext,
+    )?;
+    let mut prefs_stream = prefs_follower.stream();
 
     loop {
         // Drop state of revoked partitions (their in-flight acks are ignored).
@@ -239,7 +280,11 @@ pub async fn run(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             for p in rev.drain(..) {
-                states.remove(&p);
+                if states.remove(&p).is_some() {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&prefs_topic, p);
+                    let _ = prefs_follower.incremental_unassign(&tpl);
+                }
                 revoked_now.insert(p);
             }
         }
@@ -252,6 +297,9 @@ pub async fn run(
                     let _ = consumer.store_offset(&input_topic, partition, offset);
                 }
             }
+            Some(Ok(update)) = prefs_stream.next() => {
+                apply_preferences(&mut states, &router, &update).await;
+            }
             msg = stream.next(), if in_flight.len() < max_in_flight => {
                 let Some(msg) = msg else { break };
                 let msg = msg.context("consumer error")?;
@@ -259,7 +307,11 @@ pub async fn run(
                 revoked_now.remove(&partition);
                 // A partition's state is restored before its first record is processed.
                 if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(partition) {
-                    slot.insert(restore(&config, &router, partition).await?);
+                    let (st, prefs_end) = restore(&config, &router, partition).await?;
+                    slot.insert(st);
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition_offset(&prefs_topic, partition, Offset::Offset(prefs_end))?;
+                    prefs_follower.incremental_assign(&tpl).context("following preferences")?;
                 }
                 let Some(st) = states.get_mut(&partition) else { continue };
                 let input = Input {
@@ -310,6 +362,7 @@ pub async fn run(
     // Drain: finish in-flight work, store, commit, leave.
     admin.set_ready(false);
     drop(stream);
+    drop(prefs_stream);
     while let Some((partition, offset, result)) = in_flight.next().await {
         if result.is_ok() && !revoked_now.contains(&partition) {
             let _ = consumer.store_offset(&input_topic, partition, offset);

@@ -246,3 +246,60 @@ async fn fans_out_once_dead_letters_bad_input_and_remembers_across_restarts() {
     );
     stop(shutdown, task).await;
 }
+
+#[tokio::test]
+async fn preference_changes_apply_while_the_router_runs() {
+    let s = stack().await;
+    let (shutdown, task) = start(&s.config);
+    let user_event = |n: u64| {
+        let mut e = sample::notification(n, now());
+        e.user_id = "user-pref".into();
+        (e.user_id.clone(), encode_single_object(&e).unwrap())
+    };
+    produce(&s, &[user_event(1)]).await;
+    assert_eq!(
+        lane_messages(&s, Channel::Push).await.len(),
+        1,
+        "sent before the opt-out"
+    );
+
+    // The user opts out of receipts on every channel.
+    let mut prefs = sample::preferences(0, now());
+    prefs.user_id = "user-pref".into();
+    prefs.quiet_hours = None;
+    prefs.caps.clear();
+    prefs.opt_outs = vec![herald_model::wire::OptOut {
+        channel: None,
+        category: Some("receipt".into()),
+    }];
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&s.topology.named("preferences"))
+                .key("user-pref")
+                .payload(&encode_single_object(&prefs).unwrap()),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    produce(&s, &[user_event(2)]).await;
+
+    let push = lane_messages(&s, Channel::Push).await;
+    assert_eq!(push.len(), 1, "nothing more sent after the opt-out");
+    let opted: Vec<DeliveryStatus> = statuses(&s)
+        .await
+        .into_iter()
+        .filter(|st| st.status == StatusKind::OptedOut)
+        .collect();
+    assert_eq!(opted.len(), 2, "one OPTED_OUT per channel: {opted:?}");
+    assert!(opted
+        .iter()
+        .all(|st| st.idempotency_key.as_deref() == Some("order-2")));
+    stop(shutdown, task).await;
+}
