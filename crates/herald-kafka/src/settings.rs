@@ -34,6 +34,13 @@ pub struct KafkaSettings {
     /// are accepted as such (`HERALD__KAFKA__OVERRIDES__fetch.max.bytes=1048576`).
     #[serde(deserialize_with = "scalar_map")]
     pub overrides: BTreeMap<String, String>,
+    /// Like `overrides`, for consumers only (`session.timeout.ms`,
+    /// `max.poll.interval.ms`...): librdkafka warns when a producer gets one.
+    #[serde(deserialize_with = "scalar_map")]
+    pub consumer_overrides: BTreeMap<String, String>,
+    /// Like `overrides`, for producers only (`batch.size`, `compression.type`...).
+    #[serde(deserialize_with = "scalar_map")]
+    pub producer_overrides: BTreeMap<String, String>,
 }
 
 impl Default for KafkaSettings {
@@ -45,6 +52,8 @@ impl Default for KafkaSettings {
             request_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(5),
             overrides: BTreeMap::new(),
+            consumer_overrides: BTreeMap::new(),
+            producer_overrides: BTreeMap::new(),
         }
     }
 }
@@ -204,7 +213,12 @@ impl KafkaSettings {
         if self.bootstrap.trim().is_empty() {
             return Err(SettingsError::NoBootstrap);
         }
-        for key in self.overrides.keys() {
+        for key in self
+            .overrides
+            .keys()
+            .chain(self.consumer_overrides.keys())
+            .chain(self.producer_overrides.keys())
+        {
             if let Some((_, owner)) = OWNED.iter().find(|(k, _)| k == key) {
                 return Err(SettingsError::OverrideConflict {
                     key: key.clone(),
@@ -290,6 +304,9 @@ impl KafkaSettings {
                 "auto.offset.reset",
             ],
         );
+        for (k, v) in &self.consumer_overrides {
+            c.set(k, v);
+        }
         Ok(c)
     }
 
@@ -309,6 +326,9 @@ impl KafkaSettings {
                 .set("transaction.timeout.ms", "60000");
         }
         reapply_overrides(&mut c, &self.overrides, &["message.timeout.ms"]);
+        for (k, v) in &self.producer_overrides {
+            c.set(k, v);
+        }
         Ok(c)
     }
 
@@ -388,6 +408,28 @@ mod tests {
         let c = s.consumer_config("x", "g").expect("allowed");
         assert_eq!(c.get("compression.type"), Some("lz4"));
         assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+    }
+
+    #[test]
+    fn role_overrides_reach_only_their_role_and_are_guarded_too() {
+        let mut s = KafkaSettings::with_bootstrap("b:9092");
+        s.consumer_overrides
+            .insert("session.timeout.ms".into(), "6000".into());
+        s.producer_overrides
+            .insert("batch.size".into(), "65536".into());
+        let c = s.consumer_config("x", "g").expect("consumer");
+        let p = s
+            .producer_config("x", &ProducerKind::Idempotent)
+            .expect("producer");
+        assert_eq!(c.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(p.get("session.timeout.ms"), None);
+        assert_eq!(p.get("batch.size"), Some("65536"));
+        assert_eq!(c.get("batch.size"), None);
+        s.producer_overrides.insert("acks".into(), "1".into());
+        assert!(matches!(
+            s.validate(),
+            Err(SettingsError::OverrideConflict { .. })
+        ));
     }
 
     #[test]

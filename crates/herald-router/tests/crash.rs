@@ -28,8 +28,14 @@ const PARTITIONS: i32 = 4;
 fn spawn_router(broker: &TestBroker, settings: &TopologySettings, group: &str) -> Child {
     Command::new(ROUTER)
         .env("HERALD__KAFKA__BOOTSTRAP", broker.bootstrap())
-        .env("HERALD__KAFKA__OVERRIDES__session.timeout.ms", "6000")
-        .env("HERALD__KAFKA__OVERRIDES__heartbeat.interval.ms", "500")
+        .env(
+            "HERALD__KAFKA__CONSUMER_OVERRIDES__session.timeout.ms",
+            "6000",
+        )
+        .env(
+            "HERALD__KAFKA__CONSUMER_OVERRIDES__heartbeat.interval.ms",
+            "500",
+        )
         .env("HERALD__TOPICS__PREFIX", &settings.prefix)
         .env(
             "HERALD__TOPICS__PARTITIONS",

@@ -92,9 +92,9 @@ impl TestBroker {
     /// that replaces a member does not wait out a production session timeout.
     pub fn settings(&self) -> KafkaSettings {
         let mut s = KafkaSettings::with_bootstrap(self.bootstrap.clone());
-        s.overrides
+        s.consumer_overrides
             .insert("session.timeout.ms".into(), "6000".into());
-        s.overrides
+        s.consumer_overrides
             .insert("heartbeat.interval.ms".into(), "500".into());
         s
     }
