@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use herald_codec::{encode_single_object, Codec};
 use herald_kafka::settings::ProducerKind;
-use herald_kafka::{topology, Topology, TopologySettings};
+use herald_kafka::TopologySettings;
 use herald_model::wire::ChannelMessage;
 use herald_model::{sample, Channel, Priority};
 use herald_testkit::{BrokerKind, TestBroker};
@@ -73,24 +73,8 @@ async fn no_event_is_lost_when_the_router_is_killed_repeatedly() {
         .unwrap_or(100_000);
     let unique = total - total / 10;
     let broker = TestBroker::start(BrokerKind::Fast);
-    let settings = TopologySettings {
-        prefix: broker.unique("crash"),
-        partitions: PARTITIONS,
-        channel_partitions: 2,
-        replication_factor: 1,
-        min_insync_replicas: 1,
-    };
-    let topology = Topology::new(settings.clone());
-    for t in topology.topics() {
-        broker.track(&t.name);
-    }
-    topology::apply(
-        &broker.settings().admin().unwrap(),
-        &topology,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let topology = broker.herald_topology("crash", PARTITIONS, 2).await;
+    let settings = topology.settings().clone();
     let group = broker.group("crash-router");
 
     // The producer: `unique` events, then every tenth re-sent, interleaved.

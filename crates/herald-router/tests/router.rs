@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use herald_codec::{encode_single_object, Codec};
 use herald_kafka::settings::ProducerKind;
-use herald_kafka::{topology, Topology, TopologySettings};
+use herald_kafka::Topology;
 use herald_model::wire::{ChannelMessage, DeliveryStatus};
 use herald_model::{sample, Channel, Priority, StatusKind};
 use herald_router::RouterConfig;
@@ -30,21 +30,8 @@ struct Stack {
 
 async fn stack() -> Stack {
     let broker = TestBroker::start(BrokerKind::Fast);
-    let settings = TopologySettings {
-        prefix: broker.unique("router"),
-        partitions: PARTITIONS,
-        channel_partitions: 1,
-        replication_factor: 1,
-        min_insync_replicas: 1,
-    };
-    let topology = Topology::new(settings.clone());
-    for t in topology.topics() {
-        broker.track(&t.name);
-    }
-    let admin = broker.settings().admin().unwrap();
-    topology::apply(&admin, &topology, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let topology = broker.herald_topology("router", PARTITIONS, 1).await;
+    let settings = topology.settings().clone();
     let mut config = RouterConfig {
         kafka: broker.settings(),
         topics: settings,

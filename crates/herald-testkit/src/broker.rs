@@ -204,6 +204,34 @@ impl TestBroker {
         out
     }
 
+    /// Creates every Herald topic under a unique prefix (single replica),
+    /// tracked for teardown, and returns the topology.
+    pub async fn herald_topology(
+        &self,
+        base: &str,
+        partitions: i32,
+        channel_partitions: i32,
+    ) -> herald_kafka::Topology {
+        let topology = herald_kafka::Topology::new(herald_kafka::TopologySettings {
+            prefix: self.unique(base),
+            partitions,
+            channel_partitions,
+            replication_factor: 1,
+            min_insync_replicas: 1,
+        });
+        for t in topology.topics() {
+            self.track(&t.name);
+        }
+        let admin = self
+            .settings()
+            .admin()
+            .unwrap_or_else(|e| panic!("admin: {e}"));
+        herald_kafka::topology::apply(&admin, &topology, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("topics apply: {e}"));
+        topology
+    }
+
     /// Records a topic created by the code under test, for teardown.
     pub fn track(&self, name: &str) {
         self.created
