@@ -84,7 +84,7 @@ impl Codec {
                     .as_ref()
                     .ok_or(DecodeError::NoRegistry { id })?;
                 let writer = registry.writer_schema(id).await?;
-                decode_body::<T>(&writer.parsed, body)
+                decode_body::<T>(&writer.parsed, None, body)
             }
         }
     }
@@ -109,7 +109,7 @@ impl Codec {
             .schemas
             .get(fingerprint)
             .ok_or(DecodeError::UnknownFingerprint { fingerprint })?;
-        decode_body::<T>(&writer.schema, body)
+        decode_body::<T>(&writer.schema, Some(writer.fingerprint), body)
     }
 
     /// Encodes `value` for `topic` in the configured framing (registering the
@@ -129,7 +129,10 @@ impl Codec {
 
 /// Encodes `value` in single-object framing (no registry, no I/O).
 pub fn encode_single_object<T: Record>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    let mut out = framing::single_object(contract::fingerprint(T::schema()), 256);
+    let fingerprint = contract::prepared(T::NAME)
+        .map(|p| p.fingerprint)
+        .unwrap_or_else(|| contract::fingerprint(T::schema()));
+    let mut out = framing::single_object(fingerprint, 256);
     write_body(&mut out, value)?;
     Ok(out)
 }
@@ -147,14 +150,24 @@ fn write_body<T: Record>(out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError
         record: T::NAME,
         message: e.to_string(),
     };
-    let writer = GenericDatumWriter::builder(T::schema())
-        .build()
-        .map_err(schema_error)?;
-    writer.write_ser(out, value).map_err(schema_error)?;
+    match contract::prepared(T::NAME) {
+        Some(p) => p.writer.write_ser(out, value).map_err(schema_error)?,
+        None => GenericDatumWriter::builder(T::schema())
+            .build()
+            .map_err(schema_error)?
+            .write_ser(out, value)
+            .map_err(schema_error)?,
+    };
     Ok(())
 }
 
-fn decode_body<T: Record>(writer: &Schema, body: &[u8]) -> Result<T, DecodeError> {
+/// Decodes `body` written with `writer` (whose fingerprint is known for
+/// single-object records) into `T`, resolving against `T`'s current schema.
+fn decode_body<T: Record>(
+    writer: &Schema,
+    writer_fingerprint: Option<u64>,
+    body: &[u8],
+) -> Result<T, DecodeError> {
     let found = record_name(writer);
     if found != T::NAME {
         return Err(DecodeError::WrongRecord {
@@ -166,16 +179,20 @@ fn decode_body<T: Record>(writer: &Schema, body: &[u8]) -> Result<T, DecodeError
         record: T::NAME,
         message,
     };
-    let reader_schema = T::schema();
-    // Same schema: skip resolution, which is the costly half of a read.
-    let reader = if contract::fingerprint(writer) == contract::fingerprint(reader_schema) {
-        GenericDatumReader::builder(writer).build()
-    } else {
-        GenericDatumReader::builder(writer)
-            .reader_schema(reader_schema)
-            .build()
-    }
-    .map_err(|e| malformed(e.to_string()))?;
+    let prepared =
+        contract::prepared(T::NAME).filter(|p| Some(p.fingerprint) == writer_fingerprint);
+    let built;
+    let reader = match prepared {
+        // Written with the current schema: the prepared reader, no resolution.
+        Some(p) => &p.reader,
+        None => {
+            built = GenericDatumReader::builder(writer)
+                .reader_schema(T::schema())
+                .build()
+                .map_err(|e| malformed(e.to_string()))?;
+            &built
+        }
+    };
     let mut input = EofGuard {
         rest: body,
         hit_eof: false,

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use herald_model::wire::{
     ChannelMessage, DedupEntry, DeliveryStatus, NotificationRequested, Preferences,
@@ -144,6 +146,40 @@ static CURRENT: LazyLock<HashMap<&'static str, KnownSchema>> = LazyLock::new(|| 
         .filter_map(|(name, src)| KnownSchema::parse(src).ok().map(|k| (*name, k)))
         .collect()
 });
+
+/// A current schema made ready for use: resolving a schema tree costs far
+/// more than reading or writing one record, so it is done once per process.
+pub(crate) struct Prepared {
+    /// Specification fingerprint.
+    pub fingerprint: u64,
+    /// Reader for records written with this very schema (no resolution).
+    pub reader: GenericDatumReader<'static>,
+    /// Writer.
+    pub writer: GenericDatumWriter<'static>,
+}
+
+static PREPARED: LazyLock<HashMap<&'static str, Prepared>> = LazyLock::new(|| {
+    CURRENT
+        .iter()
+        .filter_map(|(name, k)| {
+            let reader = GenericDatumReader::builder(&k.schema).build().ok()?;
+            let writer = GenericDatumWriter::builder(&k.schema).build().ok()?;
+            Some((
+                *name,
+                Prepared {
+                    fingerprint: k.fingerprint,
+                    reader,
+                    writer,
+                },
+            ))
+        })
+        .collect()
+});
+
+/// The prepared reader and writer of a current record type.
+pub(crate) fn prepared(name: &str) -> Option<&'static Prepared> {
+    PREPARED.get(name)
+}
 
 // Only reachable if a compiled-in schema failed to parse, which the contract
 // tests rule out; decoding against it fails with a typed error.
