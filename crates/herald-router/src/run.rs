@@ -291,6 +291,8 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            // Wakes an idle router so eviction runs without traffic.
+            _ = tokio::time::sleep_until((last_evict + config.router.evict_interval).into()) => {}
             Some((partition, offset, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 result.map_err(anyhow::Error::msg).context("an output was not acknowledged")?;
                 if !revoked_now.contains(&partition) {
