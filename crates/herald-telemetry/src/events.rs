@@ -27,7 +27,9 @@ pub struct DecodeFailed<'a> {
 
 impl Emit for DecodeFailed<'_> {
     fn emit(self) {
-        tracing::warn!(
+        // Debug, not warn: the dead letter that follows every decode failure
+        // already logs the record at warn level.
+        tracing::debug!(
             stage = self.stage,
             reason = self.reason,
             topic = self.topic,
