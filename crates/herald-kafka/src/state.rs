@@ -42,6 +42,9 @@ pub enum RestoreError {
         /// Client error.
         source: rdkafka::error::KafkaError,
     },
+    /// The blocking set-up task failed (panicked or was cancelled).
+    #[error("restore set-up task failed: {0}")]
+    Blocking(String),
     /// No progress for the stall timeout.
     #[error(
         "restoring {topic}/{partition}: no progress for {timeout:?} at offset {position} of {end}"
@@ -78,11 +81,24 @@ pub async fn read_to_end(
     };
     // A group id is required by the client; `assign` never joins the group
     // and no offset is ever stored or committed for it.
-    let consumer: StreamConsumer<DefaultConsumerContext> =
-        settings.consumer(role, &format!("{role}-restore"), DefaultConsumerContext)?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, settings.request_timeout)
-        .map_err(kafka)?;
+    // Building the client and asking for watermarks block: off the runtime.
+    let (consumer, low, high) = {
+        let (settings, role, topic) = (settings.clone(), role.to_string(), topic.to_string());
+        tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
+            let consumer: StreamConsumer<DefaultConsumerContext> =
+                settings.consumer(&role, &format!("{role}-restore"), DefaultConsumerContext)?;
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, settings.request_timeout)
+                .map_err(|source| RestoreError::Kafka {
+                    topic: topic.clone(),
+                    partition,
+                    source,
+                })?;
+            Ok((consumer, low, high))
+        })
+        .await
+        .map_err(|e| RestoreError::Blocking(e.to_string()))??
+    };
     let mut records = 0;
     if high > low {
         let mut tpl = TopicPartitionList::new();

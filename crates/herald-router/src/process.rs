@@ -38,6 +38,29 @@ pub struct PartitionState {
     pub caps: CapCounter,
 }
 
+impl PartitionState {
+    /// Applies one preferences-topic record: a value replaces the user's
+    /// preferences, a tombstone deletes them. Used by restore and by the
+    /// live follower alike.
+    pub async fn apply_preferences(
+        &mut self,
+        codec: &Codec,
+        user: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), DecodeError> {
+        match value {
+            None => {
+                self.prefs.remove(user);
+            }
+            Some(bytes) => {
+                let p: Preferences = codec.decode(bytes).await?;
+                self.prefs.insert(user.to_string(), p);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An input record as read.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {

@@ -19,7 +19,7 @@ use herald_codec::Codec;
 use herald_kafka::settings::ProducerKind;
 use herald_kafka::state::read_to_end;
 use herald_kafka::Topology;
-use herald_model::wire::{DedupEntry, Preferences};
+use herald_model::wire::DedupEntry;
 use herald_model::DedupKey;
 use herald_telemetry::events::{Rebalanced, StateRestored};
 use herald_telemetry::{AdminState, Emit, Shutdown};
@@ -139,16 +139,12 @@ async fn restore(
     )
     .await?;
     for (user, value) in raw_prefs {
-        match value {
-            None => {
-                st.prefs.remove(&user);
-            }
-            Some(bytes) => match codec.decode::<Preferences>(&bytes).await {
-                Ok(p) => {
-                    st.prefs.insert(user, p);
-                }
-                Err(_) => bad += 1,
-            },
+        if st
+            .apply_preferences(codec, &user, value.as_deref())
+            .await
+            .is_err()
+        {
+            bad += 1;
         }
     }
     if bad > 0 {
@@ -181,21 +177,16 @@ async fn apply_preferences(
     let Some(user) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
         return;
     };
-    match msg.payload() {
-        None => {
-            st.prefs.remove(user);
-        }
-        Some(bytes) => match router.codec().decode::<Preferences>(bytes).await {
-            Ok(p) => {
-                st.prefs.insert(user.to_string(), p);
-            }
-            Err(e) => tracing::warn!(
-                partition = msg.partition(),
-                offset = msg.offset(),
-                reason = e.reason(),
-                "Preferences record skipped: undecodable."
-            ),
-        },
+    if let Err(e) = st
+        .apply_preferences(router.codec(), user, msg.payload())
+        .await
+    {
+        tracing::warn!(
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason = e.reason(),
+            "Preferences record skipped: undecodable."
+        );
     }
 }
 
