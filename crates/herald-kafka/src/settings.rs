@@ -322,8 +322,10 @@ impl KafkaSettings {
             .set("linger.ms", self.linger.as_millis().to_string())
             .set("message.timeout.ms", "300000");
         if let ProducerKind::Transactional(id) = kind {
+            // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
             c.set("transactional.id", id)
-                .set("transaction.timeout.ms", "60000");
+                .set("transaction.timeout.ms", "60000")
+                .set("message.timeout.ms", "60000");
         }
         reapply_overrides(&mut c, &self.overrides, &["message.timeout.ms"]);
         for (k, v) in &self.producer_overrides {
@@ -342,6 +344,19 @@ impl KafkaSettings {
         Ok(self
             .consumer_config(role, group)?
             .create_with_context(context)?)
+    }
+
+    /// A consumer whose offsets are committed only inside its producer's
+    /// transactions (`send_offsets_to_transaction`): no background commits.
+    pub fn transactional_consumer<C: ConsumerContext + 'static>(
+        &self,
+        role: &str,
+        group: &str,
+        context: C,
+    ) -> Result<StreamConsumer<C>, SettingsError> {
+        let mut c = self.consumer_config(role, group)?;
+        c.set("enable.auto.commit", "false");
+        Ok(c.create_with_context(context)?)
     }
 
     /// A producer.

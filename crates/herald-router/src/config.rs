@@ -40,6 +40,20 @@ pub enum Guarantee {
     /// never lost. Works on brokers without transactions.
     #[default]
     AtLeastOnce,
+    /// One transactional producer per instance: fan-out, state records and
+    /// input offsets commit atomically; a zombie instance is fenced. Needs
+    /// a broker with transactions.
+    ExactlyOnce,
+}
+
+impl Guarantee {
+    /// The config value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AtLeastOnce => "at_least_once",
+            Self::ExactlyOnce => "exactly_once",
+        }
+    }
 }
 
 /// The `[router]` section.
@@ -65,6 +79,15 @@ pub struct RouterSettings {
     /// How often expired dedup entries are evicted and tombstoned.
     #[serde(with = "humantime_serde")]
     pub evict_interval: Duration,
+    /// `exactly_once`: this instance's stable name (a pod name or ordinal).
+    /// The transactional id is `{group}-{instance_id}`; a new process with
+    /// the same name fences the old one. Defaults to `$HOSTNAME`.
+    pub instance_id: Option<String>,
+    /// `exactly_once`: longest time a transaction stays open.
+    #[serde(with = "humantime_serde")]
+    pub transaction_interval: Duration,
+    /// `exactly_once`: input records per transaction at most.
+    pub transaction_max_records: usize,
 }
 
 impl Default for RouterSettings {
@@ -78,6 +101,9 @@ impl Default for RouterSettings {
             templates: None,
             max_in_flight: 10_000,
             evict_interval: Duration::from_secs(60),
+            instance_id: None,
+            transaction_interval: Duration::from_millis(100),
+            transaction_max_records: 5_000,
         }
     }
 }
@@ -100,6 +126,12 @@ impl RouterSettings {
         if self.max_in_flight == 0 {
             return Err("router.max_in_flight must be at least 1".into());
         }
+        if self.transaction_max_records == 0 {
+            return Err("router.transaction_max_records must be at least 1".into());
+        }
+        if self.transaction_interval.is_zero() {
+            return Err("router.transaction_interval must be above zero".into());
+        }
         Ok(())
     }
 
@@ -110,6 +142,19 @@ impl RouterSettings {
             .get(category)
             .unwrap_or(&self.dedup_window);
         i64::try_from(w.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The transactional id for `exactly_once`: `{group}-{instance_id}`,
+    /// the instance defaulting to `$HOSTNAME`.
+    pub fn transactional_id(&self) -> Result<String, String> {
+        let instance = match &self.instance_id {
+            Some(i) if !i.trim().is_empty() => i.clone(),
+            _ => std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.trim().is_empty())
+                .ok_or("router.guarantee = \"exactly_once\" needs router.instance_id (or $HOSTNAME): a stable name per instance, so a restarted instance fences its predecessor")?,
+        };
+        Ok(format!("{}-{instance}", self.group))
     }
 
     /// Whether `category` overrides opt-outs and quiet hours.

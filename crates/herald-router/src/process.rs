@@ -308,7 +308,11 @@ impl Router {
                 );
                 return Ok(out);
             }
-            Verdict::New => {
+            // New, or a replay of itself after a crash: its effects, the
+            // state record included, are (re-)emitted. Re-emitting the state
+            // record matters where aborted records stay visible: the first
+            // attempt's entry may belong to an aborted transaction.
+            Verdict::New | Verdict::Replay => {
                 let entry = st.dedup.entry(key, input.partition).unwrap_or(DedupEntry {
                     expires_at: now_ms,
                     source_partition: input.partition,
@@ -324,8 +328,6 @@ impl Router {
                 state.partition = Some(input.partition);
                 out.push(state);
             }
-            // A replay of itself after a crash: its effects are re-emitted.
-            Verdict::Replay => {}
         }
 
         let source = SourceRef {

@@ -1,14 +1,26 @@
-//! The router's Kafka loop (`at_least_once`).
+//! The router's Kafka loop.
 //!
-//! Order of effects for each input record: the state record, the channel
+//! `at_least_once`: for each input record the state record, the channel
 //! messages, status events and dead letters are produced (idempotent
 //! producer, acks=all); only when every one of them is acknowledged is the
 //! input offset stored, in input order, for the next commit. After a crash,
 //! records whose offsets were not stored are read again; their dedup entry
 //! marks them as replays of themselves and their effects are emitted again,
 //! so nothing is lost and repeats are confined to the crash window.
+//!
+//! `exactly_once`: one transactional producer per instance
+//! (`transactional.id = {group}-{instance_id}`). Outputs of up to
+//! `transaction_max_records` input records, or `transaction_interval` of
+//! work, go into one transaction together with the input offsets
+//! (`send_offsets_to_transaction` with the consumer's group metadata), so
+//! they commit or abort together. Before partitions are revoked the open
+//! transaction is committed; when they are lost (the instance was presumed
+//! dead) it is aborted. A fenced producer ends the process: another
+//! instance owns the work. Every output carries a `herald.txn` header
+//! (`{incarnation}.{sequence}`) naming its transaction, for audits on
+//! brokers that hand aborted records to `read_committed` consumers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,31 +33,183 @@ use herald_kafka::state::read_to_end;
 use herald_kafka::Topology;
 use herald_model::wire::DedupEntry;
 use herald_model::DedupKey;
-use herald_telemetry::events::{Rebalanced, StateRestored};
+use herald_telemetry::events::{Rebalanced, StateRestored, TransactionEnded};
 use herald_telemetry::{AdminState, Emit, Shutdown};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, Rebalance,
-    StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata,
+    DefaultConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::config::RouterConfig;
+use crate::config::{Guarantee, RouterConfig};
 use crate::process::{Input, Out, PartitionState, Router};
 use crate::templates::TemplateStore;
 
-/// Revocations seen by the consumer, for the loop to drop their state.
-#[derive(Default)]
-struct RebalanceLog {
-    revoked: Mutex<Vec<i32>>,
+/// Header naming the transaction an output was written in.
+pub const TXN_HEADER: &str = "herald.txn";
+
+/// Locks a mutex, recovering from poisoning (the data stays consistent:
+/// every holder finishes its update before anything can panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl ClientContext for RebalanceLog {}
+/// The transaction of an `exactly_once` router, shared by the loop and
+/// the rebalance callback (which ends it before partitions move).
+struct Txn {
+    producer: FutureProducer,
+    input_topic: String,
+    transactional_id: String,
+    open: bool,
+    /// Next input offset per partition, for records since `begin`.
+    offsets: BTreeMap<i32, i64>,
+    records: usize,
+    began: Instant,
+    seq: u64,
+    incarnation: String,
+    timeout: Duration,
+    /// Why the callback could not end the transaction; the loop stops.
+    failed: Option<String>,
+}
 
-impl ConsumerContext for RebalanceLog {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+/// Whether a Kafka error says another producer took over this one's id.
+fn is_fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    ) || matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+}
+
+/// Whether retrying the same transactional call may succeed.
+fn is_retriable(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
+}
+
+impl Txn {
+    /// Begins a transaction unless one is open; returns its header value.
+    fn begin(&mut self) -> anyhow::Result<Vec<u8>> {
+        if let Some(why) = &self.failed {
+            anyhow::bail!("{why}");
+        }
+        if !self.open {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| self.error("beginning a transaction", &e))?;
+            self.open = true;
+            self.began = Instant::now();
+            self.records = 0;
+            self.seq += 1;
+        }
+        Ok(format!("{}.{}", self.incarnation, self.seq).into_bytes())
+    }
+
+    fn error(&self, doing: &str, e: &KafkaError) -> anyhow::Error {
+        if is_fenced(e) {
+            anyhow::anyhow!(
+                "this router was fenced while {doing}: another instance with transactional id \
+                 {} took over its work ({e})",
+                self.transactional_id
+            )
+        } else {
+            anyhow::anyhow!("{doing}: {e}")
+        }
+    }
+
+    /// Commits the open transaction with the input offsets; returns them
+    /// (empty when nothing was open). A transaction that cannot commit is
+    /// aborted and reported as an error.
+    fn commit(&mut self, cgm: &ConsumerGroupMetadata) -> anyhow::Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        if !self.open {
+            return Ok(tpl);
+        }
+        for (p, next) in &self.offsets {
+            tpl.add_partition_offset(&self.input_topic, *p, Offset::Offset(*next))?;
+        }
+        let mut result = Ok(());
+        for attempt in 1..=3 {
+            result = if tpl.count() > 0 {
+                self.producer
+                    .send_offsets_to_transaction(&tpl, cgm, self.timeout)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| self.producer.commit_transaction(self.timeout));
+            match &result {
+                Err(e) if is_retriable(e) && attempt < 3 => continue,
+                _ => break,
+            }
+        }
+        let records = self.records;
+        let elapsed = self.began.elapsed();
+        self.open = false;
+        self.offsets.clear();
+        match result {
+            Ok(()) => {
+                TransactionEnded {
+                    outcome: "committed",
+                    records,
+                    elapsed,
+                }
+                .emit();
+                Ok(tpl)
+            }
+            Err(e) => {
+                let err = self.error("committing a transaction", &e);
+                if !is_fenced(&e) {
+                    let _ = self.producer.abort_transaction(self.timeout);
+                }
+                TransactionEnded {
+                    outcome: "failed",
+                    records,
+                    elapsed,
+                }
+                .emit();
+                Err(err)
+            }
+        }
+    }
+
+    /// Aborts the open transaction: its input will be read again by
+    /// whichever instance owns the partitions now.
+    fn abort(&mut self) -> anyhow::Result<()> {
+        if !self.open {
+            return Ok(());
+        }
+        self.open = false;
+        self.offsets.clear();
+        TransactionEnded {
+            outcome: "aborted",
+            records: self.records,
+            elapsed: self.began.elapsed(),
+        }
+        .emit();
+        self.producer
+            .abort_transaction(self.timeout)
+            .map_err(|e| self.error("aborting a transaction", &e))
+    }
+}
+
+/// The consumer's context: logs rebalances, ends the open transaction
+/// before partitions move, and tells the loop which partitions to drop.
+#[derive(Default)]
+struct RouterContext {
+    revoked: Mutex<Vec<i32>>,
+    txn: Option<Arc<Mutex<Txn>>>,
+}
+
+impl ClientContext for RouterContext {}
+
+impl ConsumerContext for RouterContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             Rebalanced {
@@ -53,10 +217,27 @@ impl ConsumerContext for RebalanceLog {
                 partitions: parts.len(),
             }
             .emit();
-            self.revoked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(parts);
+            if let Some(txn) = &self.txn {
+                let mut t = lock(txn);
+                // Lost partitions may already be another instance's: abort.
+                // Revoked ones are handed over cleanly: commit first.
+                let ended = if consumer.assignment_lost() {
+                    t.abort()
+                } else {
+                    match consumer.group_metadata() {
+                        Some(cgm) => t.commit(&cgm).map(|tpl| {
+                            if tpl.count() > 0 {
+                                let _ = consumer.commit(&tpl, CommitMode::Sync);
+                            }
+                        }),
+                        None => t.abort(),
+                    }
+                };
+                if let Err(e) = ended {
+                    t.failed = Some(format!("{e:#}"));
+                }
+            }
+            lock(&self.revoked).extend(parts);
         }
     }
 
@@ -190,12 +371,22 @@ async fn apply_preferences(
     }
 }
 
-fn send(producer: &FutureProducer, out: Out) -> Result<rdkafka::producer::DeliveryFuture, String> {
+fn send(
+    producer: &FutureProducer,
+    out: Out,
+    txn_marker: Option<&[u8]>,
+) -> Result<rdkafka::producer::DeliveryFuture, String> {
     let mut headers = OwnedHeaders::new();
     for (k, v) in &out.headers {
         headers = headers.insert(Header {
             key: k,
             value: Some(v.as_slice()),
+        });
+    }
+    if let Some(marker) = txn_marker {
+        headers = headers.insert(Header {
+            key: TXN_HEADER,
+            value: Some(marker),
         });
     }
     let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> =
@@ -216,8 +407,84 @@ fn send(producer: &FutureProducer, out: Out) -> Result<rdkafka::producer::Delive
         .map_err(|(e, _)| format!("{}: {e}", out.topic))
 }
 
-/// Runs the router until `shutdown`, then drains: waits for every in-flight
-/// output, stores and commits the offsets, and leaves the group.
+/// Builds the transactional producer and registers its id with the
+/// broker (fencing any earlier instance with the same id). A broker
+/// without transactions fails here, naming the setting.
+async fn transactional(config: &RouterConfig, input_topic: &str) -> anyhow::Result<Txn> {
+    let refused = |why: String| {
+        anyhow::anyhow!(
+            "router.guarantee = \"exactly_once\" needs a broker with transactions, and this one \
+             refused them ({why}). Use router.guarantee = \"at_least_once\" with this broker."
+        )
+    };
+    let transactional_id = config
+        .router
+        .transactional_id()
+        .map_err(anyhow::Error::msg)?;
+    let producer = config.kafka.producer(
+        "router",
+        &ProducerKind::Transactional(transactional_id.clone()),
+    )?;
+    let timeout = config.kafka.request_timeout.max(Duration::from_secs(10));
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || p.init_transactions(timeout))
+        .await?
+        .map_err(|e| refused(e.to_string()))?;
+    let incarnation = format!("{:016x}", rand_u64());
+    tracing::info!(%transactional_id, %incarnation, "Transactional producer ready.");
+    Ok(Txn {
+        producer,
+        input_topic: input_topic.to_string(),
+        transactional_id,
+        open: false,
+        offsets: BTreeMap::new(),
+        records: 0,
+        began: Instant::now(),
+        seq: 0,
+        incarnation,
+        timeout,
+        failed: None,
+    })
+}
+
+/// A random value naming one run of this process.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Commits the open transaction (off the async runtime: the calls block),
+/// then commits the same offsets through the group. On Kafka the second
+/// commit repeats what the transaction stored; librdkafka's mock cluster
+/// accepts transactional offset commits without storing them, and this
+/// keeps a restarted router from redoing committed work there.
+async fn commit_txn(
+    consumer: &StreamConsumer<RouterContext>,
+    txn: &Arc<Mutex<Txn>>,
+) -> anyhow::Result<()> {
+    let cgm = consumer
+        .group_metadata()
+        .context("the consumer has no group metadata")?;
+    let shared = Arc::clone(txn);
+    let offsets = tokio::task::spawn_blocking(move || lock(&shared).commit(&cgm)).await??;
+    if offsets.count() > 0 {
+        let _ = consumer.commit(&offsets, CommitMode::Async);
+    }
+    Ok(())
+}
+
+/// Runs the router until `shutdown`, then drains: finishes in-flight work
+/// (`at_least_once`: waits for every output, stores and commits the
+/// offsets; `exactly_once`: commits the open transaction) and leaves the
+/// group.
 pub async fn run(
     config: RouterConfig,
     shutdown: Shutdown,
@@ -235,14 +502,42 @@ pub async fn run(
     ));
     let input_topic = topology.notifications();
 
-    let producer = config.kafka.producer("router", &ProducerKind::Idempotent)?;
-    let log = RebalanceLog::default();
-    let consumer: StreamConsumer<RebalanceLog> =
-        config.kafka.consumer("router", &config.router.group, log)?;
+    let (producer, txn, consumer): (_, _, StreamConsumer<RouterContext>) =
+        match config.router.guarantee {
+            Guarantee::AtLeastOnce => (
+                config.kafka.producer("router", &ProducerKind::Idempotent)?,
+                None,
+                config.kafka.consumer(
+                    "router",
+                    &config.router.group,
+                    RouterContext::default(),
+                )?,
+            ),
+            Guarantee::ExactlyOnce => {
+                let t = transactional(&config, &input_topic).await?;
+                let producer = t.producer.clone();
+                let txn = Arc::new(Mutex::new(t));
+                let context = RouterContext {
+                    revoked: Mutex::default(),
+                    txn: Some(Arc::clone(&txn)),
+                };
+                let consumer = config.kafka.transactional_consumer(
+                    "router",
+                    &config.router.group,
+                    context,
+                )?;
+                (producer, Some(txn), consumer)
+            }
+        };
     consumer
         .subscribe(&[&input_topic])
         .context("subscribing to the notifications topic")?;
-    tracing::info!(topic = %input_topic, group = %config.router.group, "Router started.");
+    tracing::info!(
+        topic = %input_topic,
+        group = %config.router.group,
+        guarantee = config.router.guarantee.as_str(),
+        "Router started."
+    );
     admin.set_ready(true);
 
     let mut states: HashMap<i32, PartitionState> = HashMap::new();
@@ -251,6 +546,8 @@ pub async fn run(
     let mut revoked_now: HashSet<i32> = HashSet::new();
     let mut last_evict = Instant::now();
     let max_in_flight = config.router.max_in_flight;
+    let txn_interval = config.router.transaction_interval;
+    let txn_max = config.router.transaction_max_records;
     let mut stream = consumer.stream();
     // Follows the preferences partitions of the assigned input partitions
     // (assigned by hand, never committed) so changes apply while running.
@@ -264,26 +561,29 @@ pub async fn run(
 
     loop {
         // Drop state of revoked partitions (their in-flight acks are ignored).
-        {
-            let mut rev = consumer
-                .context()
-                .revoked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for p in rev.drain(..) {
-                if states.remove(&p).is_some() {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&prefs_topic, p);
-                    let _ = prefs_follower.incremental_unassign(&tpl);
-                }
-                revoked_now.insert(p);
+        for p in lock(&consumer.context().revoked).drain(..) {
+            if states.remove(&p).is_some() {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&prefs_topic, p);
+                let _ = prefs_follower.incremental_unassign(&tpl);
+            }
+            revoked_now.insert(p);
+        }
+        // The next timed duty: eviction, or ending the open transaction.
+        let mut wake = last_evict + config.router.evict_interval;
+        if let Some(txn) = &txn {
+            let t = lock(txn);
+            if let Some(why) = &t.failed {
+                anyhow::bail!("{why}");
+            }
+            if t.open {
+                wake = wake.min(t.began + txn_interval);
             }
         }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            // Wakes an idle router so eviction runs without traffic.
-            _ = tokio::time::sleep_until((last_evict + config.router.evict_interval).into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             Some((partition, offset, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 result.map_err(anyhow::Error::msg).context("an output was not acknowledged")?;
                 if !revoked_now.contains(&partition) {
@@ -307,6 +607,10 @@ pub async fn run(
                     prefs_follower.incremental_assign(&tpl).context("following preferences")?;
                 }
                 let Some(st) = states.get_mut(&partition) else { continue };
+                let marker = match &txn {
+                    Some(t) => Some(lock(t).begin()?),
+                    None => None,
+                };
                 let input = Input {
                     topic: msg.topic(),
                     partition,
@@ -316,38 +620,78 @@ pub async fn run(
                 };
                 let outs = router.process(st, input, now_ms()).await?;
                 let offset = msg.offset();
-                let futures: Vec<_> = outs.into_iter().map(|o| send(&producer, o)).collect();
-                in_flight.push_back(Box::pin(async move {
-                    for f in futures {
-                        let f = match f {
-                            Ok(f) => f,
-                            Err(e) => return (partition, offset, Err(e)),
+                drop(msg);
+                match &txn {
+                    Some(t) => {
+                        // Delivery of each output is confirmed by the commit.
+                        for o in outs {
+                            send(&producer, o, marker.as_deref()).map_err(anyhow::Error::msg)?;
+                        }
+                        let full = {
+                            let mut t = lock(t);
+                            t.offsets.insert(partition, offset + 1);
+                            t.records += 1;
+                            t.records >= txn_max
                         };
-                        match f.await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err((e, _))) => return (partition, offset, Err(e.to_string())),
-                            Err(_) => return (partition, offset, Err("producer dropped".into())),
+                        if full {
+                            commit_txn(&consumer, t).await?;
                         }
                     }
-                    (partition, offset, Ok(()))
-                }));
+                    None => {
+                        let futures: Vec<_> =
+                            outs.into_iter().map(|o| send(&producer, o, None)).collect();
+                        in_flight.push_back(Box::pin(async move {
+                            for f in futures {
+                                let f = match f {
+                                    Ok(f) => f,
+                                    Err(e) => return (partition, offset, Err(e)),
+                                };
+                                match f.await {
+                                    Ok(Ok(_)) => {}
+                                    Ok(Err((e, _))) => {
+                                        return (partition, offset, Err(e.to_string()))
+                                    }
+                                    Err(_) => {
+                                        return (partition, offset, Err("producer dropped".into()))
+                                    }
+                                }
+                            }
+                            (partition, offset, Ok(()))
+                        }));
+                    }
+                }
+            }
+        }
+        if let Some(t) = &txn {
+            let due = {
+                let t = lock(t);
+                t.open && t.began.elapsed() >= txn_interval
+            };
+            if due {
+                commit_txn(&consumer, t).await?;
             }
         }
         if last_evict.elapsed() >= config.router.evict_interval {
             last_evict = Instant::now();
             let now = now_ms();
-            for (partition, st) in states.iter_mut() {
-                for key in st.dedup.evict_expired(now) {
-                    // Tombstones keep the compacted state topic bounded.
-                    let tomb = Out {
-                        topic: topology.named("dedup-state"),
-                        partition: Some(*partition),
-                        key: Some(key.to_bytes().to_vec()),
-                        payload: None,
-                        headers: Vec::new(),
-                    };
-                    drop(send(&producer, tomb));
-                }
+            let expired: Vec<(i32, DedupKey)> = states
+                .iter_mut()
+                .flat_map(|(p, st)| st.dedup.evict_expired(now).into_iter().map(|k| (*p, k)))
+                .collect();
+            let marker = match &txn {
+                Some(t) if !expired.is_empty() => Some(lock(t).begin()?),
+                _ => None,
+            };
+            for (partition, key) in expired {
+                // Tombstones keep the compacted state topic bounded.
+                let tomb = Out {
+                    topic: topology.named("dedup-state"),
+                    partition: Some(partition),
+                    key: Some(key.to_bytes().to_vec()),
+                    payload: None,
+                    headers: Vec::new(),
+                };
+                drop(send(&producer, tomb, marker.as_deref()));
             }
         }
     }
@@ -356,20 +700,23 @@ pub async fn run(
     admin.set_ready(false);
     drop(stream);
     drop(prefs_stream);
+    if let Some(t) = &txn {
+        commit_txn(&consumer, t).await?;
+    }
     while let Some((partition, offset, result)) = in_flight.next().await {
         if result.is_ok() && !revoked_now.contains(&partition) {
             let _ = consumer.store_offset(&input_topic, partition, offset);
         }
     }
     let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        // Nothing new since the last commit.
-        Err(rdkafka::error::KafkaError::ConsumerCommit(
-            rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.")
+    if txn.is_none() {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing new since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.")
+            }
         }
     }
     consumer.unsubscribe();

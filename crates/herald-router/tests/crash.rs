@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use herald_codec::{encode_single_object, Codec};
@@ -22,47 +22,20 @@ use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 
-const ROUTER: &str = env!("CARGO_BIN_EXE_herald-router");
+mod common;
+
+use common::{sigkill, spawn_router};
+
 const PARTITIONS: i32 = 4;
 
-fn spawn_router(broker: &TestBroker, settings: &TopologySettings, group: &str) -> Child {
-    Command::new(ROUTER)
-        .env("HERALD__KAFKA__BOOTSTRAP", broker.bootstrap())
-        .env(
-            "HERALD__KAFKA__CONSUMER_OVERRIDES__session.timeout.ms",
-            "6000",
-        )
-        .env(
-            "HERALD__KAFKA__CONSUMER_OVERRIDES__heartbeat.interval.ms",
-            "500",
-        )
-        .env("HERALD__TOPICS__PREFIX", &settings.prefix)
-        .env(
-            "HERALD__TOPICS__PARTITIONS",
-            settings.partitions.to_string(),
-        )
-        .env(
-            "HERALD__TOPICS__CHANNEL_PARTITIONS",
-            settings.channel_partitions.to_string(),
-        )
-        .env("HERALD__TOPICS__REPLICATION_FACTOR", "1")
-        .env("HERALD__ROUTER__GROUP", group)
-        .env("HERALD__ROUTER__MAX_IN_FLIGHT", "2000")
-        .env("HERALD__ADMIN__LISTEN", "127.0.0.1:0")
-        .env(
-            "HERALD__LOG__FILTER",
-            std::env::var("HERALD_CRASH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn herald-router")
-}
-
-fn sigkill(child: &mut Child) {
-    // Ends only the router this test started, by its pid.
-    let _ = child.kill();
-    let _ = child.wait();
+fn start(broker: &TestBroker, settings: &TopologySettings, group: &str) -> Child {
+    spawn_router(
+        broker,
+        settings,
+        group,
+        &[("HERALD__ROUTER__MAX_IN_FLIGHT", "2000")],
+        Stdio::inherit(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,13 +87,13 @@ async fn no_event_is_lost_when_the_router_is_killed_repeatedly() {
     });
 
     let started = Instant::now();
-    let mut router = spawn_router(&broker, &settings, &group);
+    let mut router = start(&broker, &settings, &group);
     let mut kills = 0;
     for pause in [4, 5, 6] {
         tokio::time::sleep(Duration::from_secs(pause)).await;
         sigkill(&mut router);
         kills += 1;
-        router = spawn_router(&broker, &settings, &group);
+        router = start(&broker, &settings, &group);
     }
     feeder.await.unwrap();
 
@@ -151,9 +124,7 @@ async fn no_event_is_lost_when_the_router_is_killed_repeatedly() {
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &router.id().to_string()])
-        .status();
+    common::signal(&router, "TERM");
     let _ = router.wait();
 
     let missing: Vec<u64> = (0..unique)

@@ -240,3 +240,58 @@ impl Emit for Rebalanced {
             .inc();
     }
 }
+
+/// A router transaction ended (`exactly_once`).
+#[derive(Debug, Clone, Copy)]
+pub struct TransactionEnded {
+    /// `committed`, `aborted` or `failed`.
+    pub outcome: &'static str,
+    /// Input records it covered.
+    pub records: usize,
+    /// Time since its begin.
+    pub elapsed: std::time::Duration,
+}
+
+impl Emit for TransactionEnded {
+    fn emit(self) {
+        let m = Metrics::global();
+        m.router_transactions
+            .with_label_values(&[self.outcome])
+            .inc();
+        if self.outcome == "committed" {
+            tracing::debug!(records = self.records, "Transaction committed.");
+            m.router_transaction_seconds
+                .with_label_values::<&str>(&[])
+                .observe(self.elapsed.as_secs_f64());
+        } else {
+            tracing::warn!(
+                outcome = self.outcome,
+                records = self.records,
+                "Transaction not committed; its input is read again."
+            );
+        }
+    }
+}
+
+/// A deferred message was released to its lane.
+#[derive(Debug, Clone, Copy)]
+pub struct DeferredReleased {
+    /// Channel.
+    pub channel: &'static str,
+    /// How late after its release time it went out.
+    pub late: std::time::Duration,
+}
+
+impl Emit for DeferredReleased {
+    fn emit(self) {
+        tracing::debug!(
+            channel = self.channel,
+            late_ms = self.late.as_millis() as u64,
+            "Deferred message released."
+        );
+        Metrics::global()
+            .router_deferred_released
+            .with_label_values(&[self.channel])
+            .inc();
+    }
+}

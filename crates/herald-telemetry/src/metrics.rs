@@ -40,6 +40,15 @@ pub mod names {
     pub const ROUTER_RESTORE_SECONDS: &str = "herald_router_restore_seconds";
     /// Partition assignments and revocations. Labels: kind (assign, revoke).
     pub const REBALANCES: &str = "herald_rebalances_total";
+    /// Router transactions ended (`exactly_once`). Labels: outcome
+    /// (committed, aborted, failed).
+    pub const ROUTER_TRANSACTIONS: &str = "herald_router_transactions_total";
+    /// Time from a transaction's begin to its commit.
+    pub const ROUTER_TRANSACTION_SECONDS: &str = "herald_router_transaction_seconds";
+    /// Messages held in the deferred topic until their quiet hours end.
+    pub const ROUTER_DEFERRED_HELD: &str = "herald_router_deferred_held";
+    /// Deferred messages released to their lanes. Labels: channel.
+    pub const ROUTER_DEFERRED_RELEASED: &str = "herald_router_deferred_released_total";
 }
 
 /// Every collector, registered once in one registry.
@@ -74,6 +83,14 @@ pub struct Metrics {
     pub router_restore_seconds: HistogramVec,
     /// See [`names::REBALANCES`].
     pub rebalances: IntCounterVec,
+    /// See [`names::ROUTER_TRANSACTIONS`].
+    pub router_transactions: IntCounterVec,
+    /// See [`names::ROUTER_TRANSACTION_SECONDS`].
+    pub router_transaction_seconds: HistogramVec,
+    /// See [`names::ROUTER_DEFERRED_HELD`].
+    pub router_deferred_held: IntGaugeVec,
+    /// See [`names::ROUTER_DEFERRED_RELEASED`].
+    pub router_deferred_released: IntCounterVec,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -187,6 +204,27 @@ impl Metrics {
             "Partition assignments and revocations.",
             &["kind"],
         );
+        let router_transactions = counter(
+            names::ROUTER_TRANSACTIONS,
+            "Router transactions ended, by outcome.",
+            &["outcome"],
+        );
+        let router_transaction_seconds = histogram(
+            names::ROUTER_TRANSACTION_SECONDS,
+            "Time from a router transaction's begin to its commit.",
+            &[],
+            vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        );
+        let router_deferred_held = gauge(
+            names::ROUTER_DEFERRED_HELD,
+            "Deferred messages held until their quiet hours end.",
+            &["partition"],
+        );
+        let router_deferred_released = counter(
+            names::ROUTER_DEFERRED_RELEASED,
+            "Deferred messages released to their lanes.",
+            &["channel"],
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -206,6 +244,10 @@ impl Metrics {
             router_state_bytes,
             router_restore_seconds,
             rebalances,
+            router_transactions,
+            router_transaction_seconds,
+            router_deferred_held,
+            router_deferred_released,
         }
     }
 

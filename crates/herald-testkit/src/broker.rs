@@ -222,6 +222,12 @@ impl TestBroker {
         for t in topology.topics() {
             self.track(&t.name);
         }
+        if let Some(mock) = &self.mock {
+            // The mock cluster has no CreateTopics: create them directly.
+            mock.create_topology(&topology, 1)
+                .unwrap_or_else(|e| panic!("mock topics: {e}"));
+            return topology;
+        }
         let admin = self
             .settings()
             .admin()
