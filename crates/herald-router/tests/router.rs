@@ -290,3 +290,22 @@ async fn preference_changes_apply_while_the_router_runs() {
         .all(|st| st.idempotency_key.as_deref() == Some("order-2")));
     stop(shutdown, task).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_on_a_broker_without_transactions_fails_at_start_naming_the_setting() {
+    let s = stack().await;
+    let mut config = s.config.clone();
+    config.router.guarantee = herald_router::config::Guarantee::ExactlyOnce;
+    config.router.instance_id = Some("router-0".into());
+    let (_shutdown, task) = start(&config);
+    let err = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("start-up gives up by itself")
+        .unwrap()
+        .expect_err("nisshi has no transactions");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("router.guarantee") && text.contains("at_least_once"),
+        "the error names the setting and the way out: {text}"
+    );
+}
