@@ -88,6 +88,12 @@ pub struct RouterSettings {
     pub transaction_interval: Duration,
     /// `exactly_once`: input records per transaction at most.
     pub transaction_max_records: usize,
+    /// Longest wait between checks for deferred messages that are due.
+    #[serde(with = "humantime_serde")]
+    pub deferred_tick: Duration,
+    /// Deferred messages held in memory at most; past it the deferred
+    /// topic is read no further until releases make room.
+    pub deferred_max_held: usize,
 }
 
 impl Default for RouterSettings {
@@ -104,6 +110,8 @@ impl Default for RouterSettings {
             instance_id: None,
             transaction_interval: Duration::from_millis(100),
             transaction_max_records: 5_000,
+            deferred_tick: Duration::from_secs(1),
+            deferred_max_held: 1_000_000,
         }
     }
 }
@@ -128,6 +136,11 @@ impl RouterSettings {
         }
         if self.transaction_max_records == 0 {
             return Err("router.transaction_max_records must be at least 1".into());
+        }
+        if self.deferred_max_held == 0 || self.deferred_tick.is_zero() {
+            return Err(
+                "router.deferred_max_held and router.deferred_tick must be above zero".into(),
+            );
         }
         if self.transaction_interval.is_zero() {
             return Err("router.transaction_interval must be above zero".into());

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod dedup;
+pub mod deferred;
 pub mod fanout;
 pub mod policy;
 pub mod process;
@@ -17,4 +18,5 @@ pub mod run;
 pub mod templates;
 
 pub use config::RouterConfig;
-pub use run::run;
+pub use deferred::Clock;
+pub use run::{run, run_with_clock};

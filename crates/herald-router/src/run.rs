@@ -46,6 +46,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{Guarantee, RouterConfig};
+use crate::deferred::{Clock, Release};
 use crate::process::{Input, Out, PartitionState, Router};
 use crate::templates::TemplateStore;
 
@@ -54,7 +55,7 @@ pub const TXN_HEADER: &str = "herald.txn";
 
 /// Locks a mutex, recovering from poisoning (the data stays consistent:
 /// every holder finishes its update before anything can panic).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -201,8 +202,8 @@ impl Txn {
 /// The consumer's context: logs rebalances, ends the open transaction
 /// before partitions move, and tells the loop which partitions to drop.
 #[derive(Default)]
-struct RouterContext {
-    revoked: Mutex<Vec<i32>>,
+pub struct RouterContext {
+    pub(crate) revoked: Mutex<Vec<i32>>,
     txn: Option<Arc<Mutex<Txn>>>,
 }
 
@@ -252,13 +253,6 @@ impl ConsumerContext for RouterContext {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Loads the templates file, if configured.
 fn load_templates(config: &RouterConfig) -> anyhow::Result<TemplateStore> {
     match &config.router.templates {
@@ -277,10 +271,10 @@ async fn restore(
     config: &RouterConfig,
     router: &Router,
     partition: i32,
+    now: i64,
 ) -> anyhow::Result<(PartitionState, i64)> {
     let topology = router.topology();
     let mut st = PartitionState::default();
-    let now = now_ms();
     let stall = Duration::from_secs(30);
     let codec = router.codec();
     let mut bad = 0u64;
@@ -490,6 +484,16 @@ pub async fn run(
     shutdown: Shutdown,
     admin: AdminState,
 ) -> anyhow::Result<()> {
+    run_with_clock(config, shutdown, admin, Clock::system()).await
+}
+
+/// [`run`] with a clock of the caller's (tests move time by hand).
+pub async fn run_with_clock(
+    config: RouterConfig,
+    shutdown: Shutdown,
+    admin: AdminState,
+    clock: Clock,
+) -> anyhow::Result<()> {
     config.router.validate().map_err(anyhow::Error::msg)?;
     let templates = load_templates(&config)?;
     let codec: Codec = config.codec.build().map_err(anyhow::Error::msg)?;
@@ -507,11 +511,9 @@ pub async fn run(
             Guarantee::AtLeastOnce => (
                 config.kafka.producer("router", &ProducerKind::Idempotent)?,
                 None,
-                config.kafka.consumer(
-                    "router",
-                    &config.router.group,
-                    RouterContext::default(),
-                )?,
+                config
+                    .kafka
+                    .consumer("router", &config.router.group, RouterContext::default())?,
             ),
             Guarantee::ExactlyOnce => {
                 let t = transactional(&config, &input_topic).await?;
@@ -521,17 +523,37 @@ pub async fn run(
                     revoked: Mutex::default(),
                     txn: Some(Arc::clone(&txn)),
                 };
-                let consumer = config.kafka.transactional_consumer(
-                    "router",
-                    &config.router.group,
-                    context,
-                )?;
+                let consumer =
+                    config
+                        .kafka
+                        .transactional_consumer("router", &config.router.group, context)?;
                 (producer, Some(txn), consumer)
             }
         };
     consumer
         .subscribe(&[&input_topic])
         .context("subscribing to the notifications topic")?;
+    // Deferred messages are released with an idempotent producer in either
+    // guarantee: a release repeated after a crash has the same
+    // notification id, which the delivery ledger sends once.
+    let release = Release {
+        consumer: config.kafka.consumer(
+            "router-deferred",
+            &format!("{}-deferred", config.router.group),
+            RouterContext::default(),
+        )?,
+        producer: match &txn {
+            None => producer.clone(),
+            Some(_) => config
+                .kafka
+                .producer("router-deferred", &ProducerKind::Idempotent)?,
+        },
+        router: Arc::clone(&router),
+        clock: clock.clone(),
+        tick: config.router.deferred_tick,
+        max_held: config.router.deferred_max_held,
+    }
+    .run(shutdown.clone());
     tracing::info!(
         topic = %input_topic,
         group = %config.router.group,
@@ -540,186 +562,190 @@ pub async fn run(
     );
     admin.set_ready(true);
 
-    let mut states: HashMap<i32, PartitionState> = HashMap::new();
-    type Ack = futures::future::BoxFuture<'static, (i32, i64, Result<(), String>)>;
-    let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
-    let mut revoked_now: HashSet<i32> = HashSet::new();
-    let mut last_evict = Instant::now();
-    let max_in_flight = config.router.max_in_flight;
-    let txn_interval = config.router.transaction_interval;
-    let txn_max = config.router.transaction_max_records;
-    let mut stream = consumer.stream();
-    // Follows the preferences partitions of the assigned input partitions
-    // (assigned by hand, never committed) so changes apply while running.
-    let prefs_topic = topology.named("preferences");
-    let prefs_follower: StreamConsumer<DefaultConsumerContext> = config.kafka.consumer(
-        "router-prefs",
-        &format!("{}-prefs", config.router.group),
-        DefaultConsumerContext,
-    )?;
-    let mut prefs_stream = prefs_follower.stream();
+    let route = async {
+        let mut states: HashMap<i32, PartitionState> = HashMap::new();
+        type Ack = futures::future::BoxFuture<'static, (i32, i64, Result<(), String>)>;
+        let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
+        let mut revoked_now: HashSet<i32> = HashSet::new();
+        let mut last_evict = Instant::now();
+        let max_in_flight = config.router.max_in_flight;
+        let txn_interval = config.router.transaction_interval;
+        let txn_max = config.router.transaction_max_records;
+        let mut stream = consumer.stream();
+        // Follows the preferences partitions of the assigned input partitions
+        // (assigned by hand, never committed) so changes apply while running.
+        let prefs_topic = topology.named("preferences");
+        let prefs_follower: StreamConsumer<DefaultConsumerContext> = config.kafka.consumer(
+            "router-prefs",
+            &format!("{}-prefs", config.router.group),
+            DefaultConsumerContext,
+        )?;
+        let mut prefs_stream = prefs_follower.stream();
 
-    loop {
-        // Drop state of revoked partitions (their in-flight acks are ignored).
-        for p in lock(&consumer.context().revoked).drain(..) {
-            if states.remove(&p).is_some() {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&prefs_topic, p);
-                let _ = prefs_follower.incremental_unassign(&tpl);
-            }
-            revoked_now.insert(p);
-        }
-        // The next timed duty: eviction, or ending the open transaction.
-        let mut wake = last_evict + config.router.evict_interval;
-        if let Some(txn) = &txn {
-            let t = lock(txn);
-            if let Some(why) = &t.failed {
-                anyhow::bail!("{why}");
-            }
-            if t.open {
-                wake = wake.min(t.began + txn_interval);
-            }
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(wake.into()) => {}
-            Some((partition, offset, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                result.map_err(anyhow::Error::msg).context("an output was not acknowledged")?;
-                if !revoked_now.contains(&partition) {
-                    let _ = consumer.store_offset(&input_topic, partition, offset);
-                }
-            }
-            Some(Ok(update)) = prefs_stream.next() => {
-                apply_preferences(&mut states, &router, &update).await;
-            }
-            msg = stream.next(), if in_flight.len() < max_in_flight => {
-                let Some(msg) = msg else { break };
-                let msg = msg.context("consumer error")?;
-                let partition = msg.partition();
-                revoked_now.remove(&partition);
-                // A partition's state is restored before its first record is processed.
-                if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(partition) {
-                    let (st, prefs_end) = restore(&config, &router, partition).await?;
-                    slot.insert(st);
+        loop {
+            // Drop state of revoked partitions (their in-flight acks are ignored).
+            for p in lock(&consumer.context().revoked).drain(..) {
+                if states.remove(&p).is_some() {
                     let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition_offset(&prefs_topic, partition, Offset::Offset(prefs_end))?;
-                    prefs_follower.incremental_assign(&tpl).context("following preferences")?;
+                    tpl.add_partition(&prefs_topic, p);
+                    let _ = prefs_follower.incremental_unassign(&tpl);
                 }
-                let Some(st) = states.get_mut(&partition) else { continue };
-                let marker = match &txn {
-                    Some(t) => Some(lock(t).begin()?),
-                    None => None,
-                };
-                let input = Input {
-                    topic: msg.topic(),
-                    partition,
-                    offset: msg.offset(),
-                    key: msg.key(),
-                    payload: msg.payload(),
-                };
-                let outs = router.process(st, input, now_ms()).await?;
-                let offset = msg.offset();
-                drop(msg);
-                match &txn {
-                    Some(t) => {
-                        // Delivery of each output is confirmed by the commit.
-                        for o in outs {
-                            send(&producer, o, marker.as_deref()).map_err(anyhow::Error::msg)?;
-                        }
-                        let full = {
-                            let mut t = lock(t);
-                            t.offsets.insert(partition, offset + 1);
-                            t.records += 1;
-                            t.records >= txn_max
-                        };
-                        if full {
-                            commit_txn(&consumer, t).await?;
-                        }
+                revoked_now.insert(p);
+            }
+            // The next timed duty: eviction, or ending the open transaction.
+            let mut wake = last_evict + config.router.evict_interval;
+            if let Some(txn) = &txn {
+                let t = lock(txn);
+                if let Some(why) = &t.failed {
+                    anyhow::bail!("{why}");
+                }
+                if t.open {
+                    wake = wake.min(t.began + txn_interval);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                Some((partition, offset, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    result.map_err(anyhow::Error::msg).context("an output was not acknowledged")?;
+                    if !revoked_now.contains(&partition) {
+                        let _ = consumer.store_offset(&input_topic, partition, offset);
                     }
-                    None => {
-                        let futures: Vec<_> =
-                            outs.into_iter().map(|o| send(&producer, o, None)).collect();
-                        in_flight.push_back(Box::pin(async move {
-                            for f in futures {
-                                let f = match f {
-                                    Ok(f) => f,
-                                    Err(e) => return (partition, offset, Err(e)),
-                                };
-                                match f.await {
-                                    Ok(Ok(_)) => {}
-                                    Ok(Err((e, _))) => {
-                                        return (partition, offset, Err(e.to_string()))
-                                    }
-                                    Err(_) => {
-                                        return (partition, offset, Err("producer dropped".into()))
+                }
+                Some(Ok(update)) = prefs_stream.next() => {
+                    apply_preferences(&mut states, &router, &update).await;
+                }
+                msg = stream.next(), if in_flight.len() < max_in_flight => {
+                    let Some(msg) = msg else { break };
+                    let msg = msg.context("consumer error")?;
+                    let partition = msg.partition();
+                    revoked_now.remove(&partition);
+                    // A partition's state is restored before its first record is processed.
+                    if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(partition) {
+                        let (st, prefs_end) = restore(&config, &router, partition, clock.now_ms()).await?;
+                        slot.insert(st);
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition_offset(&prefs_topic, partition, Offset::Offset(prefs_end))?;
+                        prefs_follower.incremental_assign(&tpl).context("following preferences")?;
+                    }
+                    let Some(st) = states.get_mut(&partition) else { continue };
+                    let marker = match &txn {
+                        Some(t) => Some(lock(t).begin()?),
+                        None => None,
+                    };
+                    let input = Input {
+                        topic: msg.topic(),
+                        partition,
+                        offset: msg.offset(),
+                        key: msg.key(),
+                        payload: msg.payload(),
+                    };
+                    let outs = router.process(st, input, clock.now_ms()).await?;
+                    let offset = msg.offset();
+                    drop(msg);
+                    match &txn {
+                        Some(t) => {
+                            // Delivery of each output is confirmed by the commit.
+                            for o in outs {
+                                send(&producer, o, marker.as_deref()).map_err(anyhow::Error::msg)?;
+                            }
+                            let full = {
+                                let mut t = lock(t);
+                                t.offsets.insert(partition, offset + 1);
+                                t.records += 1;
+                                t.records >= txn_max
+                            };
+                            if full {
+                                commit_txn(&consumer, t).await?;
+                            }
+                        }
+                        None => {
+                            let futures: Vec<_> =
+                                outs.into_iter().map(|o| send(&producer, o, None)).collect();
+                            in_flight.push_back(Box::pin(async move {
+                                for f in futures {
+                                    let f = match f {
+                                        Ok(f) => f,
+                                        Err(e) => return (partition, offset, Err(e)),
+                                    };
+                                    match f.await {
+                                        Ok(Ok(_)) => {}
+                                        Ok(Err((e, _))) => {
+                                            return (partition, offset, Err(e.to_string()))
+                                        }
+                                        Err(_) => {
+                                            return (partition, offset, Err("producer dropped".into()))
+                                        }
                                     }
                                 }
-                            }
-                            (partition, offset, Ok(()))
-                        }));
+                                (partition, offset, Ok(()))
+                            }));
+                        }
                     }
                 }
             }
-        }
-        if let Some(t) = &txn {
-            let due = {
-                let t = lock(t);
-                t.open && t.began.elapsed() >= txn_interval
-            };
-            if due {
-                commit_txn(&consumer, t).await?;
-            }
-        }
-        if last_evict.elapsed() >= config.router.evict_interval {
-            last_evict = Instant::now();
-            let now = now_ms();
-            let expired: Vec<(i32, DedupKey)> = states
-                .iter_mut()
-                .flat_map(|(p, st)| st.dedup.evict_expired(now).into_iter().map(|k| (*p, k)))
-                .collect();
-            let marker = match &txn {
-                Some(t) if !expired.is_empty() => Some(lock(t).begin()?),
-                _ => None,
-            };
-            for (partition, key) in expired {
-                // Tombstones keep the compacted state topic bounded.
-                let tomb = Out {
-                    topic: topology.named("dedup-state"),
-                    partition: Some(partition),
-                    key: Some(key.to_bytes().to_vec()),
-                    payload: None,
-                    headers: Vec::new(),
+            if let Some(t) = &txn {
+                let due = {
+                    let t = lock(t);
+                    t.open && t.began.elapsed() >= txn_interval
                 };
-                drop(send(&producer, tomb, marker.as_deref()));
+                if due {
+                    commit_txn(&consumer, t).await?;
+                }
+            }
+            if last_evict.elapsed() >= config.router.evict_interval {
+                last_evict = Instant::now();
+                let now = clock.now_ms();
+                let expired: Vec<(i32, DedupKey)> = states
+                    .iter_mut()
+                    .flat_map(|(p, st)| st.dedup.evict_expired(now).into_iter().map(|k| (*p, k)))
+                    .collect();
+                let marker = match &txn {
+                    Some(t) if !expired.is_empty() => Some(lock(t).begin()?),
+                    _ => None,
+                };
+                for (partition, key) in expired {
+                    // Tombstones keep the compacted state topic bounded.
+                    let tomb = Out {
+                        topic: topology.named("dedup-state"),
+                        partition: Some(partition),
+                        key: Some(key.to_bytes().to_vec()),
+                        payload: None,
+                        headers: Vec::new(),
+                    };
+                    drop(send(&producer, tomb, marker.as_deref()));
+                }
             }
         }
-    }
 
-    // Drain: finish in-flight work, store, commit, leave.
-    admin.set_ready(false);
-    drop(stream);
-    drop(prefs_stream);
-    if let Some(t) = &txn {
-        commit_txn(&consumer, t).await?;
-    }
-    while let Some((partition, offset, result)) = in_flight.next().await {
-        if result.is_ok() && !revoked_now.contains(&partition) {
-            let _ = consumer.store_offset(&input_topic, partition, offset);
+        // Drain: finish in-flight work, store, commit, leave.
+        admin.set_ready(false);
+        drop(stream);
+        drop(prefs_stream);
+        if let Some(t) = &txn {
+            commit_txn(&consumer, t).await?;
         }
-    }
-    let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
-    if txn.is_none() {
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            // Nothing new since the last commit.
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.")
+        while let Some((partition, offset, result)) = in_flight.next().await {
+            if result.is_ok() && !revoked_now.contains(&partition) {
+                let _ = consumer.store_offset(&input_topic, partition, offset);
             }
         }
-    }
-    consumer.unsubscribe();
+        let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
+        if txn.is_none() {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                // Nothing new since the last commit.
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.")
+                }
+            }
+        }
+        consumer.unsubscribe();
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::try_join!(route, release)?;
     tracing::info!("Router drained.");
     Ok(())
 }

@@ -37,8 +37,8 @@ use herald_router::run::TXN_HEADER;
 use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::{sigkill, signal, spawn_router};
@@ -71,7 +71,11 @@ impl Collector {
     fn start(broker: &TestBroker, topology: &Topology) -> Self {
         let consumer: StreamConsumer<DefaultConsumerContext> = broker
             .settings()
-            .consumer("collector", &broker.group("collector"), DefaultConsumerContext)
+            .consumer(
+                "collector",
+                &broker.group("collector"),
+                DefaultConsumerContext,
+            )
             .unwrap();
         let lane = topology.lane(Channel::Push, Priority::Normal);
         let state = topology.named("dedup-state");
@@ -217,13 +221,20 @@ async fn produce(broker: &TestBroker, topic: &str, ids: &[u64]) -> BTreeSet<Stri
 
 /// The incarnation seen in `now` but not in `before`.
 fn new_incarnation(before: &BTreeSet<String>, now: &BTreeSet<String>) -> String {
-    let old: BTreeSet<&str> = before.iter().map(|t| t.split('.').next().unwrap()).collect();
+    let old: BTreeSet<&str> = before
+        .iter()
+        .map(|t| t.split('.').next().unwrap())
+        .collect();
     let fresh: BTreeSet<&str> = now
         .iter()
         .map(|t| t.split('.').next().unwrap())
         .filter(|i| !old.contains(i))
         .collect();
-    assert_eq!(fresh.len(), 1, "expected one new router incarnation: {fresh:?}");
+    assert_eq!(
+        fresh.len(),
+        1,
+        "expected one new router incarnation: {fresh:?}"
+    );
     fresh.into_iter().next().unwrap().to_string()
 }
 
@@ -249,7 +260,13 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
     // A's transactions close at 500 records: exactly this phase.
     let phase1: Vec<u64> = (0..400).chain(0..100).collect();
     let keys1 = produce(&broker, &input, &phase1).await;
-    let mut a = spawn_router(&broker, &settings, &group, &eos("60s", "500"), Stdio::inherit());
+    let mut a = spawn_router(
+        &broker,
+        &settings,
+        &group,
+        &eos("60s", "500"),
+        Stdio::inherit(),
+    );
     wait_committed(&broker, &input, &group, 500, "A's first transaction").await;
     collector.wait_for(&keys1, "phase 1 outputs").await;
     let committed_a = collector.txns();
@@ -264,7 +281,13 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
     let before_b = collector.txns();
 
     // B: the same instance restarted. It must redo phase 2, not phase 1.
-    let b = spawn_router(&broker, &settings, &group, &eos("60s", "250"), Stdio::piped());
+    let b = spawn_router(
+        &broker,
+        &settings,
+        &group,
+        &eos("60s", "250"),
+        Stdio::piped(),
+    );
     wait_committed(&broker, &input, &group, 750, "B's first transaction").await;
     let committed_b_set = collector.txns();
 
@@ -286,7 +309,13 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
     let before_c = collector.txns();
 
     // C: the same instance again, while B is a zombie.
-    let mut c = spawn_router(&broker, &settings, &group, &eos("200ms", "5000"), Stdio::inherit());
+    let mut c = spawn_router(
+        &broker,
+        &settings,
+        &group,
+        &eos("200ms", "5000"),
+        Stdio::inherit(),
+    );
     wait_committed(&broker, &input, &group, 900, "C's takeover").await;
     let incarnation_c = {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -303,7 +332,9 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
     // What a Kafka broker answers a fenced producer (the mock cluster keeps
     // one producer id per process and would not): the zombie's next
     // transactional request fails with it.
-    let mock = broker.mock().expect("the transactional broker is the mock cluster");
+    let mock = broker
+        .mock()
+        .expect("the transactional broker is the mock cluster");
     let fenced = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH; 8];
     mock.mock().request_errors(RDKafkaApiKey::EndTxn, &fenced);
     mock.mock()
@@ -313,7 +344,10 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
     signal(&b, "CONT");
     let exit = tokio::task::spawn_blocking(move || {
         let out = b.wait_with_output().unwrap();
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     });
     let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), exit)
         .await
@@ -352,7 +386,10 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
                 || (inc == incarnation_b && !committed_b_set.contains(t))
         })
         .collect();
-    assert!(!aborted.is_empty(), "the test did not catch an open transaction");
+    assert!(
+        !aborted.is_empty(),
+        "the test did not catch an open transaction"
+    );
     let messages = collector.messages();
     let aborted_records = messages.iter().filter(|s| aborted.contains(&s.txn)).count();
     let mut committed_out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -373,18 +410,36 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
     }
     // Committed work was not redone: phase 1 is A's alone, phase 2 B's,
     // phase 3 C's.
-    for (keys, who) in [(&keys1, &incarnation_a), (&keys2, &incarnation_b), (&keys3, &incarnation_c)] {
+    for (keys, who) in [
+        (&keys1, &incarnation_a),
+        (&keys2, &incarnation_b),
+        (&keys3, &incarnation_c),
+    ] {
         for k in keys {
-            assert_eq!(&committed_out[k][0], who, "{k} committed by the wrong instance");
+            assert_eq!(
+                &committed_out[k][0], who,
+                "{k} committed by the wrong instance"
+            );
         }
     }
     // State records agree with the output: one committed entry per event.
     let mut state_count: HashMap<String, usize> = HashMap::new();
-    for s in collector.states().iter().filter(|s| !aborted.contains(&s.txn)) {
+    for s in collector
+        .states()
+        .iter()
+        .filter(|s| !aborted.contains(&s.txn))
+    {
         *state_count.entry(s.key.clone()).or_default() += 1;
     }
-    assert_eq!(state_count.len(), all_keys.len(), "one state entry per event");
-    assert!(state_count.values().all(|n| *n == 1), "a state entry was committed twice");
+    assert_eq!(
+        state_count.len(),
+        all_keys.len(),
+        "one state entry per event"
+    );
+    assert!(
+        state_count.values().all(|n| *n == 1),
+        "a state entry was committed twice"
+    );
     println!(
         "exactly_once: {} events ({} duplicates), 1 SIGKILL mid-transaction, 1 zombie fenced; \
          {} aborted transactions holding {aborted_records} channel messages; \

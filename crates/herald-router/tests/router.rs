@@ -309,3 +309,122 @@ async fn exactly_once_on_a_broker_without_transactions_fails_at_start_naming_the
         "the error names the setting and the way out: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
+    use chrono::TimeZone;
+    let s = stack().await;
+    let mut config = s.config.clone();
+    config.router.deferred_tick = Duration::from_millis(100);
+    // 22:30 in Berlin; the user's quiet hours are 22:00-07:00 there.
+    let berlin = chrono_tz::Europe::Berlin;
+    let t0 = berlin
+        .with_ymd_and_hms(2026, 1, 15, 22, 30, 0)
+        .unwrap()
+        .timestamp_millis();
+    let window_end = berlin
+        .with_ymd_and_hms(2026, 1, 16, 7, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    let clock = herald_router::Clock::manual(t0);
+
+    let mut prefs = sample::preferences(0, t0);
+    prefs.user_id = "user-night".into();
+    prefs.caps.clear();
+    prefs.opt_outs.clear();
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&s.topology.named("preferences"))
+                .key("user-night")
+                .payload(&encode_single_object(&prefs).unwrap()),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let night_event = |n: u64, category: &str| {
+        let mut e = sample::notification(n, t0);
+        e.user_id = "user-night".into();
+        e.category = category.into();
+        e.expires_at = None;
+        (e.user_id.clone(), encode_single_object(&e).unwrap())
+    };
+
+    let run = |clock: herald_router::Clock| {
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(herald_router::run_with_clock(
+            config.clone(),
+            shutdown.clone(),
+            AdminState::new("router-test"),
+            clock,
+        ));
+        (shutdown, task)
+    };
+    let (shutdown, task) = run(clock.clone());
+    // A receipt waits; a security notice (critical) goes out at once.
+    produce(&s, &[night_event(1, "receipt"), night_event(2, "security")]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent: Vec<String> = lane_messages(&s, Channel::Push)
+        .await
+        .into_iter()
+        .map(|m| m.idempotency_key)
+        .collect();
+    assert_eq!(
+        sent,
+        vec!["order-2"],
+        "only the critical notice during quiet hours"
+    );
+    let deferred = statuses(&s)
+        .await
+        .into_iter()
+        .filter(|st| st.status == StatusKind::Deferred)
+        .count();
+    assert_eq!(
+        deferred, 2,
+        "one DEFERRED status per channel of the receipt"
+    );
+
+    // A minute before the window ends: still held.
+    clock.set(window_end - 60_000);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        lane_messages(&s, Channel::Push).await.len(),
+        1,
+        "released early"
+    );
+
+    // The router restarts; the window ends while it is down.
+    stop(shutdown, task).await;
+    let later = herald_router::Clock::manual(window_end + 1_000);
+    let (shutdown, task) = run(later);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (push, email) = loop {
+        let push = lane_messages(&s, Channel::Push).await;
+        let email = lane_messages(&s, Channel::Email).await;
+        if push.len() >= 2 && email.len() >= 2 || std::time::Instant::now() > deadline {
+            break (push, email);
+        }
+    };
+    stop(shutdown, task).await;
+    for (name, msgs) in [("push", &push), ("email", &email)] {
+        let receipts: Vec<&ChannelMessage> = msgs
+            .iter()
+            .filter(|m| m.idempotency_key == "order-1")
+            .collect();
+        assert_eq!(
+            receipts.len(),
+            1,
+            "{name}: the receipt is delivered once after the window"
+        );
+        assert_eq!(
+            receipts[0].not_before,
+            Some(window_end),
+            "{name}: held until the window's end"
+        );
+    }
+}
