@@ -28,6 +28,7 @@ test: lint nisshi ## Every test: lint, unit, broker and end-to-end (starts and s
 	echo "brokers: durable $$HERALD_TEST_DURABLE_BOOTSTRAP, fast $$HERALD_TEST_FAST_BOOTSTRAP"; \
 	$(CARGO) test --workspace --no-fail-fast
 
-bench: ## Benchmarks; paste the tables into BENCHMARKS.md with commit and machine
+bench: nisshi ## Benchmarks; paste the tables into BENCHMARKS.md with commit and machine
 	@echo "commit $$(git rev-parse --short HEAD), $$(nproc) cores, $$(free -g | awk '/Mem/{print $$2}') GiB"
 	$(CARGO) run -q --release -p herald-router --example dedup_memory
+	$(CARGO) run -q --release -p herald-router --example router_throughput

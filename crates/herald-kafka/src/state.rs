@@ -107,17 +107,21 @@ pub async fn read_to_end(
         consumer.assign(&tpl).map_err(kafka)?;
         let mut stream = consumer.stream();
         let mut position = low;
+        let mut progress = Instant::now();
+        // Short waits: when only transaction markers remain, no message
+        // comes and the client's position tells that the end is reached.
+        let wait = stall_timeout.min(Duration::from_millis(200));
         while position < high {
-            match tokio::time::timeout(stall_timeout, stream.next()).await {
+            match tokio::time::timeout(wait, stream.next()).await {
                 Ok(Some(Ok(msg))) => {
                     f(msg.key(), msg.payload());
                     records += 1;
                     position = msg.offset() + 1;
+                    progress = Instant::now();
                 }
                 Ok(Some(Err(e))) => return Err(kafka(e)),
                 Ok(None) => break,
                 Err(_) => {
-                    // No message: perhaps only markers remain. Ask the client.
                     let pos = consumer
                         .position()
                         .ok()
@@ -129,13 +133,15 @@ pub async fn read_to_end(
                     if pos >= high {
                         break;
                     }
-                    return Err(RestoreError::Stalled {
-                        topic: topic.to_string(),
-                        partition,
-                        timeout: stall_timeout,
-                        position: pos,
-                        end: high,
-                    });
+                    if progress.elapsed() >= stall_timeout {
+                        return Err(RestoreError::Stalled {
+                            topic: topic.to_string(),
+                            partition,
+                            timeout: stall_timeout,
+                            position: pos,
+                            end: high,
+                        });
+                    }
                 }
             }
         }

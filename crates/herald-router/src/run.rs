@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::stream::FuturesOrdered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use herald_codec::Codec;
 use herald_kafka::settings::ProducerKind;
 use herald_kafka::state::read_to_end;
@@ -267,7 +267,7 @@ fn load_templates(config: &RouterConfig) -> anyhow::Result<TemplateStore> {
 
 /// Restores one partition: dedup state and preferences, each read to its
 /// end. Returns the state and the preferences offset to follow from.
-async fn restore(
+pub async fn restore(
     config: &RouterConfig,
     router: &Router,
     partition: i32,
@@ -582,6 +582,10 @@ pub async fn run_with_clock(
         )?;
         let mut prefs_stream = prefs_follower.stream();
 
+        // One timer, moved only when its deadline changes (a new timer per
+        // record costs more than the record's routing logic).
+        let timer = tokio::time::sleep_until(last_evict.into());
+        tokio::pin!(timer);
         loop {
             // Drop state of revoked partitions (their in-flight acks are ignored).
             for p in lock(&consumer.context().revoked).drain(..) {
@@ -603,14 +607,23 @@ pub async fn run_with_clock(
                     wake = wake.min(t.began + txn_interval);
                 }
             }
+            let wake = tokio::time::Instant::from_std(wake);
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = &mut timer => {}
                 Some((partition, offset, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                    result.map_err(anyhow::Error::msg).context("an output was not acknowledged")?;
-                    if !revoked_now.contains(&partition) {
-                        let _ = consumer.store_offset(&input_topic, partition, offset);
+                    // This acknowledgement and every one already complete.
+                    let mut next = Some((partition, offset, result));
+                    while let Some((partition, offset, result)) = next {
+                        result.map_err(anyhow::Error::msg).context("an output was not acknowledged")?;
+                        if !revoked_now.contains(&partition) {
+                            let _ = consumer.store_offset(&input_topic, partition, offset);
+                        }
+                        next = in_flight.next().now_or_never().flatten();
                     }
                 }
                 Some(Ok(update)) = prefs_stream.next() => {
