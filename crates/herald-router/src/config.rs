@@ -202,6 +202,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_configuration_example_is_a_valid_router_config() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let example = section
+            .split("```toml")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("the section has a toml example");
+        let config: RouterConfig = toml::from_str(example).expect("the example parses");
+        assert_eq!(config.router.guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(config.router.transaction_max_records, 5000);
+        assert!(config.router.validate().is_ok());
+    }
+
+    #[test]
     fn windows_default_override_and_bounds() {
         let mut s = RouterSettings::default();
         assert_eq!(s.window_ms("receipt"), 86_400_000);
