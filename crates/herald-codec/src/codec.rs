@@ -181,37 +181,38 @@ fn decode_body<T: Record>(
     };
     let prepared =
         contract::prepared(T::NAME).filter(|p| Some(p.fingerprint) == writer_fingerprint);
-    let built;
-    let reader = match prepared {
-        // Written with the current schema: the prepared reader, no resolution.
-        Some(p) => &p.reader,
-        None => {
-            built = GenericDatumReader::builder(writer)
-                .reader_schema(T::schema())
-                .build()
-                .map_err(|e| malformed(e.to_string()))?;
-            &built
-        }
-    };
     let mut input = EofGuard {
         rest: body,
         hit_eof: false,
     };
-    let value = reader
-        .read_value(&mut input)
-        .map_err(|e| malformed(e.to_string()))?;
+    let decoded: Result<T, String> = match prepared {
+        // Written with the current schema: straight into the struct (no
+        // resolution, no intermediate `Value` tree; about twice as fast).
+        Some(p) => p
+            .reader
+            .read_deser::<T>(&mut input)
+            .map_err(|e| e.to_string()),
+        // An older writer schema: resolve through a `Value`.
+        None => GenericDatumReader::builder(writer)
+            .reader_schema(T::schema())
+            .build()
+            .and_then(|reader| reader.read_value(&mut input))
+            .map_err(|e| e.to_string())
+            .and_then(|value| apache_avro::from_value::<T>(&value).map_err(|e| e.to_string())),
+    };
     if input.hit_eof {
         // apache-avro reads a nullable union at end of input as null; a
         // record cut short there must not pass as one with empty fields.
         return Err(malformed("body ends before the record does".to_string()));
     }
+    let record = decoded.map_err(malformed)?;
     if !input.rest.is_empty() {
         return Err(malformed(format!(
             "{} trailing bytes after the record",
             input.rest.len()
         )));
     }
-    apache_avro::from_value::<T>(&value).map_err(|e| malformed(e.to_string()))
+    Ok(record)
 }
 
 /// A byte-slice reader that remembers whether anyone tried to read past its

@@ -14,7 +14,8 @@
 //! fresh dedup index. Target: at least 500k entries per second.
 //!
 //! Sizes: `HERALD_BENCH_EVENTS` (default 200000), `HERALD_BENCH_ENTRIES`
-//! (default 1000000).
+//! (default 1000000). `HERALD_BENCH_ONLY=throughput|logic|restore` runs one
+//! table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -325,34 +326,46 @@ async fn main() {
     }
     let n = env_u64("HERALD_BENCH_EVENTS", 200_000);
     let entries = env_u64("HERALD_BENCH_ENTRIES", 1_000_000);
-    println!("Router throughput (input records per second, first record to last acknowledgement)");
-    println!();
-    println!("| broker | guarantee | events | event size | raw copy | router | ratio | target |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    let nisshi = TestBroker::start(BrokerKind::Fast);
-    throughput_row(&nisshi, "nisshi (memory)", Guarantee::AtLeastOnce, n).await;
-    drop(nisshi);
-    // Mock partitions keep only their last 5 MB: stay well under it.
-    let mock = TestBroker::start(BrokerKind::Transactional);
-    throughput_row(&mock, "mock cluster", Guarantee::ExactlyOnce, n.min(40_000)).await;
-    drop(mock);
-    println!();
-    println!("Router logic alone (no Kafka; one core)");
-    println!();
-    println!("| events | outputs | per event | rate |");
-    println!("|---:|---:|---:|---:|");
-    logic_row(n.min(100_000)).await;
-    println!();
-    println!("Restore rate (one state partition into a fresh dedup index)");
-    println!();
-    println!("| broker | entries | time | rate | target |");
-    println!("|---|---:|---:|---:|---:|");
-    restore_row("nisshi (memory)", BrokerKind::Fast, entries).await;
-    // The mock keeps 5 MB per partition: about 60k state records.
-    restore_row(
-        "mock cluster",
-        BrokerKind::Transactional,
-        entries.min(60_000),
-    )
-    .await;
+    let only = std::env::var("HERALD_BENCH_ONLY").unwrap_or_default();
+    let run = |table: &str| only.is_empty() || only == table;
+    if run("throughput") {
+        println!(
+            "Router throughput (input records per second, first record to last acknowledgement)"
+        );
+        println!();
+        println!(
+            "| broker | guarantee | events | event size | raw copy | router | ratio | target |"
+        );
+        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        let nisshi = TestBroker::start(BrokerKind::Fast);
+        throughput_row(&nisshi, "nisshi (memory)", Guarantee::AtLeastOnce, n).await;
+        drop(nisshi);
+        // Mock partitions keep only their last 5 MB: stay well under it.
+        let mock = TestBroker::start(BrokerKind::Transactional);
+        throughput_row(&mock, "mock cluster", Guarantee::ExactlyOnce, n.min(40_000)).await;
+        drop(mock);
+    }
+    if run("logic") {
+        println!();
+        println!("Router logic alone (no Kafka; one core)");
+        println!();
+        println!("| events | outputs | per event | rate |");
+        println!("|---:|---:|---:|---:|");
+        logic_row(n.min(100_000)).await;
+    }
+    if run("restore") {
+        println!();
+        println!("Restore rate (one state partition into a fresh dedup index)");
+        println!();
+        println!("| broker | entries | time | rate | target |");
+        println!("|---|---:|---:|---:|---:|");
+        restore_row("nisshi (memory)", BrokerKind::Fast, entries).await;
+        // The mock keeps 5 MB per partition: about 60k state records.
+        restore_row(
+            "mock cluster",
+            BrokerKind::Transactional,
+            entries.min(60_000),
+        )
+        .await;
+    }
 }
