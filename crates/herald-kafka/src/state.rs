@@ -63,8 +63,151 @@ pub enum RestoreError {
     },
 }
 
+/// Partitions with at least this many records are read in ranges, in
+/// parallel: a single fetcher is bound by the broker's round trips.
+const PARALLEL_MIN: i64 = 100_000;
+/// Ranges read at once at most.
+const MAX_RANGES: i64 = 8;
+
+type Restorer = StreamConsumer<DefaultConsumerContext>;
+
+/// Builds a consumer for one restore read (a group id is required by the
+/// client; `assign` never joins the group and nothing is ever committed)
+/// and, if asked, the partition's watermarks. Both block: off the runtime.
+async fn restore_consumer(
+    settings: &KafkaSettings,
+    role: &str,
+    watermarks_of: Option<(&str, i32)>,
+) -> Result<(Restorer, (i64, i64)), RestoreError> {
+    let (settings, role) = (settings.clone(), role.to_string());
+    let of = watermarks_of.map(|(t, p)| (t.to_string(), p));
+    tokio::task::spawn_blocking(move || {
+        let consumer: Restorer =
+            settings.consumer(&role, &format!("{role}-restore"), DefaultConsumerContext)?;
+        let marks = match of {
+            None => (0, 0),
+            Some((topic, partition)) => consumer
+                .fetch_watermarks(&topic, partition, settings.request_timeout)
+                .map_err(|source| RestoreError::Kafka {
+                    topic,
+                    partition,
+                    source,
+                })?,
+        };
+        Ok((consumer, marks))
+    })
+    .await
+    .map_err(|e| RestoreError::Blocking(e.to_string()))?
+}
+
+/// Records of one range kept for later, in one buffer: (key, value) spans.
+#[derive(Default)]
+struct Buffered {
+    bytes: Vec<u8>,
+    /// Start and length of key and value; a length of `u32::MAX` is None.
+    spans: Vec<[u32; 4]>,
+}
+
+impl Buffered {
+    fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let mut span = [0u32; 4];
+        for (i, part) in [key, value].into_iter().enumerate() {
+            span[2 * i] = u32::try_from(self.bytes.len()).unwrap_or(u32::MAX);
+            span[2 * i + 1] = match part {
+                Some(b) => {
+                    self.bytes.extend_from_slice(b);
+                    u32::try_from(b.len()).unwrap_or(u32::MAX)
+                }
+                None => u32::MAX,
+            };
+        }
+        self.spans.push(span);
+    }
+
+    fn replay(&self, f: &mut impl FnMut(Option<&[u8]>, Option<&[u8]>)) {
+        let part = |start: u32, len: u32| {
+            (len != u32::MAX).then(|| {
+                let start = start as usize;
+                &self.bytes[start..start + len as usize]
+            })
+        };
+        for [ks, kl, vs, vl] in &self.spans {
+            f(part(*ks, *kl), part(*vs, *vl));
+        }
+    }
+}
+
+/// Reads offsets `start..end` of `topic`/`partition` with `consumer`,
+/// handing each record to `f`; returns the records read.
+async fn read_range(
+    consumer: &Restorer,
+    topic: &str,
+    partition: i32,
+    (start, end): (i64, i64),
+    stall_timeout: Duration,
+    f: &mut impl FnMut(Option<&[u8]>, Option<&[u8]>),
+) -> Result<u64, RestoreError> {
+    let kafka = |source| RestoreError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+        .map_err(kafka)?;
+    consumer.assign(&tpl).map_err(kafka)?;
+    let mut stream = consumer.stream();
+    let mut records = 0;
+    let mut position = start;
+    let mut progress = Instant::now();
+    // Short waits: when only transaction markers remain, no message comes
+    // and the client's position tells that the end is reached.
+    let wait = stall_timeout.min(Duration::from_millis(200));
+    while position < end {
+        match tokio::time::timeout(wait, stream.next()).await {
+            Ok(Some(Ok(msg))) => {
+                if msg.offset() >= end {
+                    break;
+                }
+                f(msg.key(), msg.payload());
+                records += 1;
+                position = msg.offset() + 1;
+                progress = Instant::now();
+            }
+            Ok(Some(Err(e))) => return Err(kafka(e)),
+            Ok(None) => break,
+            Err(_) => {
+                let pos = consumer
+                    .position()
+                    .ok()
+                    .and_then(|tpl| {
+                        tpl.find_partition(topic, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    })
+                    .unwrap_or(position);
+                if pos >= end {
+                    break;
+                }
+                if progress.elapsed() >= stall_timeout {
+                    return Err(RestoreError::Stalled {
+                        topic: topic.to_string(),
+                        partition,
+                        timeout: stall_timeout,
+                        position: pos,
+                        end,
+                    });
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
 /// Reads `topic`/`partition` from the beginning to the end offset found at
-/// the start, handing each record's key and value (None: tombstone) to `f`.
+/// the start, handing each record's key and value (None: tombstone) to `f`
+/// in offset order. Large partitions are fetched as up to four offset
+/// ranges at once; the later ranges are buffered (about 60 bytes per small
+/// record) until the earlier ones are applied.
 pub async fn read_to_end(
     settings: &KafkaSettings,
     role: &str,
@@ -74,76 +217,51 @@ pub async fn read_to_end(
     mut f: impl FnMut(Option<&[u8]>, Option<&[u8]>),
 ) -> Result<RestoreStats, RestoreError> {
     let started = Instant::now();
-    let kafka = |source| RestoreError::Kafka {
-        topic: topic.to_string(),
-        partition,
-        source,
-    };
-    // A group id is required by the client; `assign` never joins the group
-    // and no offset is ever stored or committed for it.
-    // Building the client and asking for watermarks block: off the runtime.
-    let (consumer, low, high) = {
-        let (settings, role, topic) = (settings.clone(), role.to_string(), topic.to_string());
-        tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
-            let consumer: StreamConsumer<DefaultConsumerContext> =
-                settings.consumer(&role, &format!("{role}-restore"), DefaultConsumerContext)?;
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition, settings.request_timeout)
-                .map_err(|source| RestoreError::Kafka {
-                    topic: topic.clone(),
-                    partition,
-                    source,
-                })?;
-            Ok((consumer, low, high))
-        })
-        .await
-        .map_err(|e| RestoreError::Blocking(e.to_string()))??
-    };
+    let (consumer, (low, high)) =
+        restore_consumer(settings, role, Some((topic, partition))).await?;
     let mut records = 0;
     if high > low {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Beginning)
-            .map_err(kafka)?;
-        consumer.assign(&tpl).map_err(kafka)?;
-        let mut stream = consumer.stream();
-        let mut position = low;
-        let mut progress = Instant::now();
-        // Short waits: when only transaction markers remain, no message
-        // comes and the client's position tells that the end is reached.
-        let wait = stall_timeout.min(Duration::from_millis(200));
-        while position < high {
-            match tokio::time::timeout(wait, stream.next()).await {
-                Ok(Some(Ok(msg))) => {
-                    f(msg.key(), msg.payload());
-                    records += 1;
-                    position = msg.offset() + 1;
-                    progress = Instant::now();
-                }
-                Ok(Some(Err(e))) => return Err(kafka(e)),
-                Ok(None) => break,
-                Err(_) => {
-                    let pos = consumer
-                        .position()
-                        .ok()
-                        .and_then(|tpl| {
-                            tpl.find_partition(topic, partition)
-                                .and_then(|e| e.offset().to_raw())
-                        })
-                        .unwrap_or(position);
-                    if pos >= high {
-                        break;
-                    }
-                    if progress.elapsed() >= stall_timeout {
-                        return Err(RestoreError::Stalled {
-                            topic: topic.to_string(),
-                            partition,
-                            timeout: stall_timeout,
-                            position: pos,
-                            end: high,
-                        });
-                    }
-                }
-            }
+        let ranges = ((high - low) / (PARALLEL_MIN / 2)).clamp(1, MAX_RANGES);
+        let size = (high - low + ranges - 1) / ranges;
+        let bounds: Vec<(i64, i64)> = (0..ranges)
+            .map(|i| (low + i * size, (low + (i + 1) * size).min(high)))
+            .collect();
+        // Later ranges are fetched concurrently into buffers...
+        let mut later = Vec::new();
+        for &range in bounds.iter().skip(1) {
+            let (settings, role, topic) = (settings.clone(), role.to_string(), topic.to_string());
+            later.push(tokio::spawn(async move {
+                let (consumer, _) = restore_consumer(&settings, &role, None).await?;
+                let mut buf = Buffered::default();
+                let mut keep = |k: Option<&[u8]>, v: Option<&[u8]>| buf.push(k, v);
+                let n = read_range(
+                    &consumer,
+                    &topic,
+                    partition,
+                    range,
+                    stall_timeout,
+                    &mut keep,
+                )
+                .await?;
+                Ok::<_, RestoreError>((n, buf))
+            }));
+        }
+        // ...while the first is applied as it arrives; then the rest, in order.
+        records += read_range(
+            &consumer,
+            topic,
+            partition,
+            bounds[0],
+            stall_timeout,
+            &mut f,
+        )
+        .await?;
+        for task in later {
+            let (n, buf) = task
+                .await
+                .map_err(|e| RestoreError::Blocking(e.to_string()))??;
+            buf.replay(&mut f);
+            records += n;
         }
     }
     Ok(RestoreStats {

@@ -221,3 +221,71 @@ async fn topics_apply_is_idempotent_and_reports_drift() {
         "apply never alters a live topic"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_state_partition_is_read_in_ranges_and_applied_in_offset_order() {
+    let broker = TestBroker::start(BrokerKind::Fast);
+    let topic = broker.unique("state-ranges");
+    broker.create_topic(&topic, 1, &[]).await;
+    let producer = broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    // 250k records over 1000 keys: later values must win, as in compaction;
+    // every 7th is a tombstone.
+    let total: u32 = 250_000;
+    let mut pending = Vec::new();
+    for i in 0..total {
+        let key = (i % 1000).to_be_bytes();
+        let value = i.to_be_bytes();
+        let mut r = FutureRecord::to(&topic).key(&key[..]).partition(0);
+        if i % 7 != 0 {
+            r = r.payload(&value[..]);
+        }
+        pending.push(producer.send_result(r).map_err(|(e, _)| e).unwrap());
+        if pending.len() >= 20_000 {
+            for f in pending.drain(..) {
+                f.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    }
+    for f in pending {
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+
+    let mut seen: Vec<u32> = Vec::new();
+    let mut last: std::collections::HashMap<u32, Option<u32>> = Default::default();
+    let stats = herald_kafka::state::read_to_end(
+        &broker.settings(),
+        "test",
+        &topic,
+        0,
+        Duration::from_secs(30),
+        |k, v| {
+            let key = u32::from_be_bytes(k.unwrap().try_into().unwrap());
+            let value = v.map(|v| u32::from_be_bytes(v.try_into().unwrap()));
+            seen.push(value.unwrap_or(key + 1_000_000_000));
+            last.insert(key, value);
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.records, u64::from(total));
+    assert_eq!(stats.end_offset, i64::from(total));
+    // Exactly the produced sequence, in order (tombstones stand in as key + 1e9).
+    let expected: Vec<u32> = (0..total)
+        .map(|i| {
+            if i % 7 == 0 {
+                i % 1000 + 1_000_000_000
+            } else {
+                i
+            }
+        })
+        .collect();
+    assert!(seen == expected, "records were applied out of offset order");
+    for key in 0..1000u32 {
+        let newest = (0..total).rev().find(|i| i % 1000 == key).unwrap();
+        let want = (newest % 7 != 0).then_some(newest);
+        assert_eq!(last[&key], want, "key {key}: the newest record wins");
+    }
+}
