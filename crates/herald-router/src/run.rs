@@ -218,7 +218,10 @@ impl ConsumerContext for RouterContext {
                 partitions: parts.len(),
             }
             .emit();
-            if let Some(txn) = &self.txn {
+            // Only an open transaction is touched: the drain commits before
+            // the consumer closes, and asking a closing consumer for its
+            // group metadata never returns.
+            if let Some(txn) = self.txn.as_ref().filter(|t| lock(t).open) {
                 let mut t = lock(txn);
                 // Lost partitions may already be another instance's: abort.
                 // Revoked ones are handed over cleanly: commit first.

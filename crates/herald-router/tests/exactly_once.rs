@@ -370,8 +370,26 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     wait_committed(&broker, &input, &group, 900, "offsets after the zombie").await;
 
+    // C drains and exits cleanly on SIGTERM.
     signal(&c, "TERM");
-    let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+    let pid = c.id();
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                sigkill(&mut c);
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    let status = exit.unwrap_or_else(|| panic!("router {pid} did not exit within 60 s of SIGTERM"));
+    assert!(status.success(), "router {pid} drained with {status}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     collector.task.abort();
 
