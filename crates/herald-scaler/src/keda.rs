@@ -84,9 +84,68 @@ impl Keda {
     }
 }
 
+/// The HPA loop around a KEDA trigger: a recommendation every poll, and
+/// scale-down only to the highest recommendation of the stabilisation
+/// window (Kubernetes' default 300 s; scale-up is immediate).
+#[derive(Debug, Clone)]
+pub struct Hpa {
+    /// The trigger.
+    pub keda: Keda,
+    /// Scale-down stabilisation window, seconds.
+    pub stabilization_s: f64,
+    recommendations: std::collections::VecDeque<(f64, u32)>,
+}
+
+impl Hpa {
+    /// An HPA with `keda` and the default 300 s window.
+    pub fn new(keda: Keda) -> Self {
+        Self {
+            keda,
+            stabilization_s: 300.0,
+            recommendations: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// One poll at `at_s`: the replica count the HPA sets.
+    pub fn poll(&mut self, at_s: f64, partitions: &[PartitionView], current: u32) -> u32 {
+        let raw = self.keda.recommend(self.keda.metric(partitions), current);
+        self.recommendations.push_back((at_s, raw));
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|(t, _)| *t < at_s - self.stabilization_s)
+        {
+            self.recommendations.pop_front();
+        }
+        if raw >= current {
+            raw
+        } else {
+            let highest = self
+                .recommendations
+                .iter()
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(raw);
+            highest.min(current)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hpa_scales_down_only_after_the_stabilisation_window() {
+        let mut hpa = Hpa::new(Keda::default());
+        let busy = lagging(10, 50);
+        let idle = lagging(10, 0);
+        assert_eq!(hpa.poll(0.0, &busy, 1), 10);
+        // Lag gone: the 10 recommended at t=0 holds for 300 s.
+        assert_eq!(hpa.poll(30.0, &idle, 10), 10);
+        assert_eq!(hpa.poll(270.0, &idle, 10), 10);
+        assert_eq!(hpa.poll(330.0, &idle, 10), 1);
+    }
 
     fn lagging(n: usize, lag: i64) -> Vec<PartitionView> {
         (0..n)
