@@ -32,3 +32,4 @@ bench: nisshi ## Benchmarks; paste the tables into BENCHMARKS.md with commit and
 	@echo "commit $$(git rev-parse --short HEAD), $$(nproc) cores, $$(free -g | awk '/Mem/{print $$2}') GiB"
 	$(CARGO) run -q --release -p herald-router --example dedup_memory
 	$(CARGO) run -q --release -p herald-router --example router_throughput
+	$(CARGO) run -q --release -p herald-scaler --example scaling_sim

@@ -11,3 +11,4 @@ pub mod health;
 pub mod keda;
 pub mod lag;
 pub mod signal;
+pub mod sim;

@@ -55,6 +55,14 @@ pub struct Settings {
     /// one replica): a rebalance pauses every partition, so tiny steps
     /// down cost more than they save.
     pub min_step_down: f64,
+    /// Scale down only to a count that would run at most this busy (a
+    /// hysteresis band: up at 100%, down only with headroom), so a load
+    /// right at a replica boundary does not flap.
+    pub scale_down_utilisation: f64,
+    /// Per-replica service rate to assume until one is measured (from the
+    /// stage's benchmark); without it the controller holds the current
+    /// count until the group has been busy between two polls.
+    pub initial_service_rate: Option<f64>,
 }
 
 impl Default for Settings {
@@ -65,6 +73,8 @@ impl Default for Settings {
             smoothing: 0.3,
             scale_down_window_s: 120.0,
             min_step_down: 0.2,
+            scale_down_utilisation: 0.85,
+            initial_service_rate: None,
         }
     }
 }
@@ -90,9 +100,14 @@ impl Controller {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings,
-            service: None,
+            service: settings.initial_service_rate.filter(|s| *s > 0.0),
             history: VecDeque::new(),
         }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The smoothed per-replica service rate, if measured.
@@ -124,7 +139,13 @@ impl Controller {
         let Some(raw) = desired_replicas(&load, self.settings.drain_target_s()) else {
             return current;
         };
-        self.history.push_back((at_s, raw));
+        // What a scale-down may go to: the same need at the down utilisation.
+        let roomy = Load {
+            service_per_replica: service * self.settings.scale_down_utilisation,
+            ..load
+        };
+        let down_to = desired_replicas(&roomy, self.settings.drain_target_s()).unwrap_or(raw);
+        self.history.push_back((at_s, down_to));
         while self
             .history
             .front()
@@ -137,7 +158,12 @@ impl Controller {
         }
         // Down: to the highest recommendation of the window, and only by a
         // step worth a rebalance.
-        let stable = self.history.iter().map(|(_, n)| *n).max().unwrap_or(raw);
+        let stable = self
+            .history
+            .iter()
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(down_to);
         let step = ((f64::from(current) * self.settings.min_step_down).ceil() as u32).max(1);
         if stable < current && current - stable >= step {
             stable
@@ -185,8 +211,9 @@ mod tests {
         assert_eq!(c.observe(30.0, load(1_000.0, 3_000.0), Some(100.0), 2), 12);
         // The burst ends: the window still remembers it.
         assert_eq!(c.observe(60.0, load(200.0, 0.0), Some(100.0), 12), 12);
-        // After the window, down in one step.
-        assert_eq!(c.observe(200.0, load(200.0, 0.0), Some(100.0), 12), 2);
+        // After the window, down in one step, to a count with headroom
+        // (200/s at 85% of 100/s per replica: 3).
+        assert_eq!(c.observe(200.0, load(200.0, 0.0), Some(100.0), 12), 3);
     }
 
     #[test]
