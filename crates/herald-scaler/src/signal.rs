@@ -126,8 +126,20 @@ impl Controller {
         current: u32,
     ) -> u32 {
         if let Some(s) = service_sample.filter(|s| *s > 0.0) {
+            // Slower replicas are believed at once (a slow provider must
+            // not be met with too few replicas), faster ones gradually.
             let a = self.settings.smoothing;
-            self.service = Some(self.service.map_or(s, |old| a * s + (1.0 - a) * old));
+            self.service =
+                Some(self.service.map_or(
+                    s,
+                    |old| {
+                        if s < old {
+                            s
+                        } else {
+                            a * s + (1.0 - a) * old
+                        }
+                    },
+                ));
         }
         let Some(service) = self.service else {
             return current;

@@ -129,6 +129,10 @@ pub struct Observation {
     /// group had work throughout and did not rebalance (the scaler sees the
     /// group generation change).
     pub service_sample: Option<f64>,
+    /// Records per second one replica can process now, as the stage's own
+    /// metrics imply it (records in flight over processing latency). Known
+    /// when the group is idle too, unlike the measured service rate.
+    pub stage_capacity: f64,
     /// Partitions whose committed offset did not move since the last poll
     /// although they had lag (Burrow's STALL): scaling cannot help them.
     pub stalled: Vec<bool>,
@@ -183,7 +187,10 @@ impl Policy for Herald {
             lag,
             service_per_replica: 0.0,
         };
-        self.0.observe(at_s, load, obs.service_sample, current)
+        // Measured throughput while busy; the stage's own latency-derived
+        // capacity otherwise (so recovery is seen while idle).
+        let sample = obs.service_sample.or(Some(obs.stage_capacity));
+        self.0.observe(at_s, load, sample, current)
     }
 }
 
@@ -353,6 +360,7 @@ pub fn simulate(model: &Model, trace: &Trace, policy: &mut dyn Policy) -> Outcom
                 partitions: views,
                 arrival,
                 service_sample,
+                stage_capacity: model.service_per_replica * (trace.service_factor)(tf),
                 stalled,
             };
             if arrival >= peak * 0.99 && peak_seen_at.is_none() {
@@ -412,6 +420,29 @@ mod tests {
         let (herald, _) = run(&traces()[0]);
         assert_eq!(herald.seconds_over, 0);
         assert_eq!(herald.actions, 0);
+    }
+
+    #[test]
+    fn across_traces_herald_is_over_the_objective_half_as_long_for_no_more_replicas() {
+        let (mut over_h, mut over_k, mut rs_h, mut rs_k) = (0, 0, 0, 0);
+        for t in traces() {
+            let (h, k) = run(&t);
+            over_h += h.seconds_over;
+            over_k += k.seconds_over;
+            rs_h += h.replica_seconds;
+            rs_k += k.replica_seconds;
+        }
+        assert!(
+            over_h * 2 <= over_k,
+            "seconds over: Herald {over_h}, KEDA {over_k}"
+        );
+        assert!(rs_h <= rs_k, "replica-seconds: Herald {rs_h}, KEDA {rs_k}");
+    }
+
+    #[test]
+    fn a_stuck_partition_is_not_a_reason_to_scale_out() {
+        let (herald, keda) = run(&traces()[4]);
+        assert!(herald.replica_seconds < keda.replica_seconds);
     }
 
     #[test]
