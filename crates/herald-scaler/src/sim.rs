@@ -147,7 +147,10 @@ pub trait Policy {
 }
 
 /// Herald's signal.
-pub struct Herald(pub Controller, pub u32);
+pub struct Herald {
+    controller: Controller,
+    partitions: u32,
+}
 
 impl Herald {
     /// Herald's controller for `model`.
@@ -157,7 +160,10 @@ impl Herald {
             initial_service_rate: Some(model.service_per_replica),
             ..Settings::default()
         };
-        Self(Controller::new(settings), model.partitions as u32)
+        Self {
+            controller: Controller::new(settings),
+            partitions: model.partitions as u32,
+        }
     }
 }
 
@@ -170,9 +176,9 @@ impl Policy for Herald {
         // Lag on stalled partitions is an alert, not a reason to scale; and
         // one partition is read by one member, so more replicas drain at
         // most what one replica can on it within the drain target.
-        let drain_s = self.0.settings().drain_target_s();
+        let drain_s = self.controller.settings().drain_target_s();
         let per_partition_arrival = obs.arrival / obs.partitions.len().max(1) as f64;
-        let one_replica = self.0.service_rate().unwrap_or(0.0);
+        let one_replica = self.controller.service_rate().unwrap_or(0.0);
         let drainable = ((one_replica - per_partition_arrival) * drain_s).max(0.0);
         let lag: f64 = obs
             .partitions
@@ -182,7 +188,7 @@ impl Policy for Herald {
             .map(|(p, _)| (p.lag() as f64).min(drainable))
             .sum();
         let load = Load {
-            partitions: self.1,
+            partitions: self.partitions,
             arrival: obs.arrival,
             lag,
             service_per_replica: 0.0,
@@ -190,7 +196,7 @@ impl Policy for Herald {
         // Measured throughput while busy; the stage's own latency-derived
         // capacity otherwise (so recovery is seen while idle).
         let sample = obs.service_sample.or(Some(obs.stage_capacity));
-        self.0.observe(at_s, load, sample, current)
+        self.controller.observe(at_s, load, sample, current)
     }
 }
 
