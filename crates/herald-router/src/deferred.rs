@@ -26,11 +26,12 @@ use herald_model::wire::ChannelMessage;
 use herald_telemetry::events::{DeadLettered, DeferredReleased};
 use herald_telemetry::{Emit, Metrics, Shutdown};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::process::{Router, DLQ_DETAIL, DLQ_REASON, DLQ_SOURCE};
+use crate::process::{dead_letter_out, Input, Out, Router};
+use crate::run::{acked, send};
 
 /// Wall-clock time in milliseconds, or a clock a test moves by hand.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +90,14 @@ impl PartitionOffsets {
     }
 }
 
+/// Sets the held-messages gauge of partition `p` (held or being released).
+fn report_held(p: i32, po: &PartitionOffsets) {
+    Metrics::global()
+        .router_deferred_held
+        .with_label_values(&[&p.to_string()])
+        .set(i64::try_from(po.pending.len()).unwrap_or(i64::MAX));
+}
+
 /// The release loop and what it needs.
 pub struct Release {
     /// Consumer of the deferred topic (its own group).
@@ -120,13 +129,12 @@ impl Release {
         let mut parts: HashMap<i32, PartitionOffsets> = HashMap::new();
         let mut releasing: FuturesUnordered<Ack> = FuturesUnordered::new();
         let mut stream = self.consumer.stream();
-        let held_gauge = &Metrics::global().router_deferred_held;
         loop {
             for p in crate::run::lock(&self.consumer.context().revoked).drain(..) {
                 // Another instance reads them again from the committed offset.
                 parts.remove(&p);
                 due.retain(|(_, part, _), _| *part != p);
-                held_gauge.with_label_values(&[&p.to_string()]).set(0);
+                report_held(p, &PartitionOffsets::default());
             }
             let now = self.clock.now_ms();
             let wait = due
@@ -142,6 +150,7 @@ impl Release {
                     result.map_err(anyhow::Error::msg).context("a released message was not acknowledged")?;
                     if let Some(po) = parts.get_mut(&p) {
                         po.pending.remove(&offset);
+                        report_held(p, po);
                     }
                     self.store(&topic, &parts)?;
                 }
@@ -175,26 +184,21 @@ impl Release {
                                 offset,
                             }
                             .emit();
-                            let source = format!("{topic}/{p}/{offset}");
-                            let headers = OwnedHeaders::new()
-                                .insert(Header { key: DLQ_REASON, value: Some(e.reason()) })
-                                .insert(Header { key: DLQ_DETAIL, value: Some(&e.to_string()) })
-                                .insert(Header { key: DLQ_SOURCE, value: Some(&source) });
-                            let dlq = topology.named("dead-letter");
-                            let mut record = FutureRecord::to(&dlq).payload(&payload).headers(headers);
-                            if let Some(k) = msg.key() {
-                                record = record.key(k);
-                            }
-                            self.producer
-                                .send(record, Duration::from_secs(30))
+                            let input = Input {
+                                topic: &topic,
+                                partition: p,
+                                offset,
+                                key: msg.key(),
+                                payload: msg.payload(),
+                            };
+                            let dlq = dead_letter_out(topology, &input, e.reason(), &e.to_string());
+                            acked(send(&self.producer, dlq, None))
                                 .await
-                                .map_err(|(e, _)| e)
+                                .map_err(anyhow::Error::msg)
                                 .context("dead-lettering an undecodable deferred record")?;
                         }
                     }
-                    held_gauge
-                        .with_label_values(&[&p.to_string()])
-                        .set(i64::try_from(po.pending.len()).unwrap_or(i64::MAX));
+                    report_held(p, po);
                 }
             }
             // Release everything due.
@@ -210,25 +214,15 @@ impl Release {
                     late: Duration::from_millis(u64::try_from(now - at).unwrap_or(0)),
                 }
                 .emit();
-                let mut record = FutureRecord::to(&held.lane).payload(&held.payload);
-                if let Some(k) = &held.key {
-                    record = record.key(k);
-                }
-                let f = self
-                    .producer
-                    .send_result(record)
-                    .map_err(|(e, _)| e.to_string());
-                releasing.push(Box::pin(async move {
-                    let r = match f {
-                        Ok(f) => match f.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err((e, _))) => Err(e.to_string()),
-                            Err(_) => Err("producer dropped".to_string()),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    ((p, offset), r)
-                }));
+                let out = Out {
+                    topic: held.lane,
+                    partition: None,
+                    key: held.key,
+                    payload: Some(held.payload),
+                    headers: Vec::new(),
+                };
+                let sent = send(&self.producer, out, None);
+                releasing.push(Box::pin(async move { ((p, offset), acked(sent).await) }));
             }
         }
         drop(stream);

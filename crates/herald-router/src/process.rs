@@ -10,7 +10,7 @@ use herald_kafka::Topology;
 use herald_model::wire::{
     DedupEntry, DeliveryStatus, NotificationRequested, Preferences, SourceRef,
 };
-use herald_model::{DedupKey, ErrorClass, Stage, StatusKind};
+use herald_model::{Channel, DedupKey, ErrorClass, Priority, Stage, StatusKind};
 use herald_telemetry::events::{DeadLettered, EventReceived, MessageQueued, Suppressed};
 use herald_telemetry::Emit;
 
@@ -104,12 +104,62 @@ pub enum ProcessError {
     Encode(#[from] EncodeError),
 }
 
+/// The dead-letter record for `input`: its original key and bytes, with
+/// the reason, the error and where it came from as headers.
+pub fn dead_letter_out(topology: &Topology, input: &Input<'_>, reason: &str, detail: &str) -> Out {
+    Out {
+        topic: topology.named("dead-letter"),
+        partition: None,
+        key: input.key.map(<[u8]>::to_vec),
+        payload: input.payload.map(<[u8]>::to_vec),
+        headers: vec![
+            (DLQ_REASON, reason.as_bytes().to_vec()),
+            (DLQ_DETAIL, detail.as_bytes().to_vec()),
+            (
+                DLQ_SOURCE,
+                format!("{}/{}/{}", input.topic, input.partition, input.offset).into_bytes(),
+            ),
+        ],
+    }
+}
+
 /// The router's decision logic with its fixed inputs.
 pub struct Router {
     settings: RouterSettings,
     topology: Topology,
+    topics: Topics,
     templates: TemplateStore,
     codec: Codec,
+}
+
+/// The names of every topic the router writes, formatted once.
+struct Topics {
+    state: String,
+    status: String,
+    deferred: String,
+    lanes: HashMap<(Channel, Priority), String>,
+}
+
+impl Topics {
+    fn new(t: &Topology) -> Self {
+        let lanes = Channel::ALL
+            .iter()
+            .flat_map(|c| Priority::ALL.iter().map(move |p| (*c, *p)))
+            .map(|(c, p)| ((c, p), t.lane(c, p)))
+            .collect();
+        Self {
+            state: t.named("dedup-state"),
+            status: t.named("status"),
+            deferred: t.named("deferred"),
+            lanes,
+        }
+    }
+
+    fn lane(&self, channel: Channel, priority: Priority) -> &str {
+        self.lanes
+            .get(&(channel, priority))
+            .map_or("", String::as_str)
+    }
 }
 
 fn status(
@@ -147,6 +197,7 @@ impl Router {
     ) -> Self {
         Self {
             settings,
+            topics: Topics::new(&topology),
             topology,
             templates,
             codec,
@@ -186,7 +237,7 @@ impl Router {
 
     async fn status_out(&self, s: DeliveryStatus) -> Result<Out, EncodeError> {
         let key = s.user_id.clone().map(String::into_bytes);
-        self.encode(self.topology.named("status"), key, &s).await
+        self.encode(self.topics.status.clone(), key, &s).await
     }
 
     async fn dead_letter(
@@ -206,20 +257,7 @@ impl Router {
         }
         .emit();
         Suppressed { reason }.emit();
-        let dlq = Out {
-            topic: self.topology.named("dead-letter"),
-            partition: None,
-            key: input.key.map(<[u8]>::to_vec),
-            payload: input.payload.map(<[u8]>::to_vec),
-            headers: vec![
-                (DLQ_REASON, reason.as_bytes().to_vec()),
-                (DLQ_DETAIL, detail.clone().into_bytes()),
-                (
-                    DLQ_SOURCE,
-                    format!("{}/{}/{}", input.topic, input.partition, input.offset).into_bytes(),
-                ),
-            ],
-        };
+        let dlq = dead_letter_out(&self.topology, input, reason, &detail);
         let mut s = status(StatusKind::Invalid, event, reason, now_ms);
         s.detail = Some(detail);
         Ok(vec![dlq, self.status_out(s).await?])
@@ -320,7 +358,7 @@ impl Router {
                 });
                 let mut state = self
                     .encode(
-                        self.topology.named("dedup-state"),
+                        self.topics.state.clone(),
                         Some(key.to_bytes().to_vec()),
                         &entry,
                     )
@@ -341,8 +379,8 @@ impl Router {
         for channel in event.target_channels() {
             let decision = policy::decide(&event, channel, prefs, critical, &mut st.caps, now_ms);
             let (topic, not_before) = match decision {
-                Decision::Send => (self.topology.lane(channel, event.priority), None),
-                Decision::DeferUntil(until) => (self.topology.named("deferred"), Some(until)),
+                Decision::Send => (self.topics.lane(channel, event.priority), None),
+                Decision::DeferUntil(until) => (self.topics.deferred.as_str(), Some(until)),
                 other => {
                     let reason = other.reason();
                     Suppressed { reason }.emit();
@@ -390,7 +428,7 @@ impl Router {
                 }
                 out.push(
                     self.encode(
-                        topic.clone(),
+                        topic.to_string(),
                         Some(event.user_id.clone().into_bytes()),
                         &msg,
                     )

@@ -221,8 +221,8 @@ impl ConsumerContext for RouterContext {
             // Only an open transaction is touched: the drain commits before
             // the consumer closes, and asking a closing consumer for its
             // group metadata never returns.
-            if let Some(txn) = self.txn.as_ref().filter(|t| lock(t).open) {
-                let mut t = lock(txn);
+            let mut txn = self.txn.as_ref().map(|t| lock(t));
+            if let Some(t) = txn.as_mut().filter(|t| t.open) {
                 // Lost partitions may already be another instance's: abort.
                 // Revoked ones are handed over cleanly: commit first.
                 let ended = if consumer.assignment_lost() {
@@ -368,7 +368,8 @@ async fn apply_preferences(
     }
 }
 
-fn send(
+/// Enqueues one output; the future resolves when the broker acknowledges it.
+pub(crate) fn send(
     producer: &FutureProducer,
     out: Out,
     txn_marker: Option<&[u8]>,
@@ -404,6 +405,17 @@ fn send(
         .map_err(|(e, _)| format!("{}: {e}", out.topic))
 }
 
+/// Waits for an output's acknowledgement (or reports why it was refused).
+pub(crate) async fn acked(
+    sent: Result<rdkafka::producer::DeliveryFuture, String>,
+) -> Result<(), String> {
+    match sent?.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.to_string()),
+        Err(_) => Err("producer dropped".into()),
+    }
+}
+
 /// Builds the transactional producer and registers its id with the
 /// broker (fencing any earlier instance with the same id). A broker
 /// without transactions fails here, naming the setting.
@@ -427,7 +439,8 @@ async fn transactional(config: &RouterConfig, input_topic: &str) -> anyhow::Resu
     tokio::task::spawn_blocking(move || p.init_transactions(timeout))
         .await?
         .map_err(|e| refused(e.to_string()))?;
-    let incarnation = format!("{:016x}", rand_u64());
+    // Names this run of the process in every output's `herald.txn` header.
+    let incarnation = uuid::Uuid::new_v4().simple().to_string();
     tracing::info!(%transactional_id, %incarnation, "Transactional producer ready.");
     Ok(Txn {
         producer,
@@ -442,20 +455,6 @@ async fn transactional(config: &RouterConfig, input_topic: &str) -> anyhow::Resu
         timeout,
         failed: None,
     })
-}
-
-/// A random value naming one run of this process.
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// Commits the open transaction (off the async runtime: the calls block),
@@ -681,18 +680,8 @@ pub async fn run_with_clock(
                                 outs.into_iter().map(|o| send(&producer, o, None)).collect();
                             in_flight.push_back(Box::pin(async move {
                                 for f in futures {
-                                    let f = match f {
-                                        Ok(f) => f,
-                                        Err(e) => return (partition, offset, Err(e)),
-                                    };
-                                    match f.await {
-                                        Ok(Ok(_)) => {}
-                                        Ok(Err((e, _))) => {
-                                            return (partition, offset, Err(e.to_string()))
-                                        }
-                                        Err(_) => {
-                                            return (partition, offset, Err("producer dropped".into()))
-                                        }
+                                    if let Err(e) = acked(f).await {
+                                        return (partition, offset, Err(e));
                                     }
                                 }
                                 (partition, offset, Ok(()))
@@ -721,10 +710,11 @@ pub async fn run_with_clock(
                     Some(t) if !expired.is_empty() => Some(lock(t).begin()?),
                     _ => None,
                 };
+                let state_topic = topology.named("dedup-state");
                 for (partition, key) in expired {
                     // Tombstones keep the compacted state topic bounded.
                     let tomb = Out {
-                        topic: topology.named("dedup-state"),
+                        topic: state_topic.clone(),
                         partition: Some(partition),
                         key: Some(key.to_bytes().to_vec()),
                         payload: None,

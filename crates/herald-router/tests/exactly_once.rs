@@ -144,6 +144,19 @@ impl Collector {
         }
     }
 
+    /// Waits for outputs of a router incarnation not seen in `before`.
+    async fn incarnation_since(&self, before: &BTreeSet<String>, who: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let txns = self.txns();
+            if txns.difference(before).next().is_some() {
+                return new_incarnation(before, &txns);
+            }
+            assert!(Instant::now() < deadline, "{who} produced nothing");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Transactions (`incarnation.sequence`) visible now.
     fn txns(&self) -> BTreeSet<String> {
         self.messages()
@@ -294,16 +307,7 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
     // Phase 3: 150 events; B's transaction stays open and B is frozen.
     let phase3: Vec<u64> = (600..750).collect();
     let keys3 = produce(&broker, &input, &phase3).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let incarnation_b = loop {
-        let txns = collector.txns();
-        let fresh: Vec<String> = txns.difference(&before_b).cloned().collect();
-        if !fresh.is_empty() {
-            break new_incarnation(&before_b, &txns);
-        }
-        assert!(Instant::now() < deadline, "B produced nothing");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let incarnation_b = collector.incarnation_since(&before_b, "B").await;
     collector.wait_for(&keys3, "B's open transaction").await;
     signal(&b, "STOP");
     let before_c = collector.txns();
@@ -317,17 +321,7 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
         Stdio::inherit(),
     );
     wait_committed(&broker, &input, &group, 900, "C's takeover").await;
-    let incarnation_c = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let txns = collector.txns();
-            if txns.difference(&before_c).next().is_some() {
-                break new_incarnation(&before_c, &txns);
-            }
-            assert!(Instant::now() < deadline, "C produced nothing");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let incarnation_c = collector.incarnation_since(&before_c, "C").await;
 
     // What a Kafka broker answers a fenced producer (the mock cluster keeps
     // one producer id per process and would not): the zombie's next

@@ -45,12 +45,19 @@ async fn stack() -> Stack {
     }
 }
 
-fn start(config: &RouterConfig) -> (Shutdown, tokio::task::JoinHandle<anyhow::Result<()>>) {
+type Running = (Shutdown, tokio::task::JoinHandle<anyhow::Result<()>>);
+
+fn start(config: &RouterConfig) -> Running {
+    start_with_clock(config, herald_router::Clock::system())
+}
+
+fn start_with_clock(config: &RouterConfig, clock: herald_router::Clock) -> Running {
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(herald_router::run(
+    let task = tokio::spawn(herald_router::run_with_clock(
         config.clone(),
         shutdown.clone(),
         AdminState::new("router-test"),
+        clock,
     ));
     (shutdown, task)
 }
@@ -81,6 +88,25 @@ async fn produce(s: &Stack, records: &[(String, Vec<u8>)]) {
             .map_err(|(e, _)| e)
             .unwrap();
     }
+}
+
+/// Writes a user's preferences to the preferences topic (keyed by user).
+async fn put_preferences(s: &Stack, prefs: &herald_model::wire::Preferences) {
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&s.topology.named("preferences"))
+                .key(&prefs.user_id)
+                .payload(&encode_single_object(prefs).unwrap()),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
 }
 
 async fn lane_messages(s: &Stack, channel: Channel) -> Vec<ChannelMessage> {
@@ -259,21 +285,7 @@ async fn preference_changes_apply_while_the_router_runs() {
         channel: None,
         category: Some("receipt".into()),
     }];
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(&s.topology.named("preferences"))
-                .key("user-pref")
-                .payload(&encode_single_object(&prefs).unwrap()),
-            Timeout::After(Duration::from_secs(10)),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    put_preferences(&s, &prefs).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     produce(&s, &[user_event(2)]).await;
 
@@ -332,21 +344,7 @@ async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
     prefs.user_id = "user-night".into();
     prefs.caps.clear();
     prefs.opt_outs.clear();
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(&s.topology.named("preferences"))
-                .key("user-night")
-                .payload(&encode_single_object(&prefs).unwrap()),
-            Timeout::After(Duration::from_secs(10)),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    put_preferences(&s, &prefs).await;
     let night_event = |n: u64, category: &str| {
         let mut e = sample::notification(n, t0);
         e.user_id = "user-night".into();
@@ -355,17 +353,7 @@ async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
         (e.user_id.clone(), encode_single_object(&e).unwrap())
     };
 
-    let run = |clock: herald_router::Clock| {
-        let shutdown = Shutdown::new();
-        let task = tokio::spawn(herald_router::run_with_clock(
-            config.clone(),
-            shutdown.clone(),
-            AdminState::new("router-test"),
-            clock,
-        ));
-        (shutdown, task)
-    };
-    let (shutdown, task) = run(clock.clone());
+    let (shutdown, task) = start_with_clock(&config, clock.clone());
     // A receipt waits; a security notice (critical) goes out at once.
     produce(&s, &[night_event(1, "receipt"), night_event(2, "security")]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -401,7 +389,7 @@ async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
     // The router restarts; the window ends while it is down.
     stop(shutdown, task).await;
     let later = herald_router::Clock::manual(window_end + 1_000);
-    let (shutdown, task) = run(later);
+    let (shutdown, task) = start_with_clock(&config, later);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let (push, email) = loop {
         let push = lane_messages(&s, Channel::Push).await;
