@@ -78,9 +78,18 @@ pub async fn serve_admin(
     state: AdminState,
     shutdown: Shutdown,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    serve_routes(addr, state.router(), shutdown).await
+}
+
+/// Like [`serve_admin`], with routes of the stage's own merged in (for
+/// example `state.router().merge(stage_routes)`).
+pub async fn serve_routes(
+    addr: SocketAddr,
+    app: Router,
+    shutdown: Shutdown,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = state.router();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -295,3 +295,147 @@ impl Emit for DeferredReleased {
             .inc();
     }
 }
+
+/// The status labels of [`crate::metrics::names::SCALER_PARTITION_HEALTH`].
+pub const HEALTH_STATUSES: [&str; 5] = ["OK", "WARN", "STALL", "STOP", "REWIND"];
+
+/// The scaler observed one partition of a consumer group.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionObserved<'a> {
+    /// Consumer group.
+    pub group: &'a str,
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Records waiting.
+    pub lag: i64,
+    /// Age of the oldest unprocessed record, seconds.
+    pub time_lag_s: f64,
+    /// Health, one of [`HEALTH_STATUSES`].
+    pub status: &'static str,
+}
+
+impl Emit for PartitionObserved<'_> {
+    fn emit(self) {
+        let m = Metrics::global();
+        let partition = self.partition.to_string();
+        let labels = [self.group, self.topic, partition.as_str()];
+        m.scaler_partition_lag
+            .with_label_values(&labels)
+            .set(self.lag);
+        m.scaler_partition_time_lag
+            .with_label_values(&labels)
+            .set(self.time_lag_s);
+        for status in HEALTH_STATUSES {
+            m.scaler_partition_health
+                .with_label_values(&[self.group, self.topic, partition.as_str(), status])
+                .set(i64::from(status == self.status));
+        }
+        if self.status != "OK" {
+            tracing::debug!(
+                group = self.group,
+                topic = self.topic,
+                partition = self.partition,
+                status = self.status,
+                lag = self.lag,
+                "Partition not OK."
+            );
+        }
+    }
+}
+
+/// The scaler observed a consumer group and computed its signal.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupObserved<'a> {
+    /// Consumer group.
+    pub group: &'a str,
+    /// Partitions of its topics.
+    pub partitions: u32,
+    /// Records waiting.
+    pub lag: i64,
+    /// Age of the oldest unprocessed record, seconds.
+    pub time_lag_s: f64,
+    /// Records per second arriving, once two observations exist.
+    pub arrival: Option<f64>,
+    /// Smoothed per-replica service rate, once measured.
+    pub service_per_replica: Option<f64>,
+    /// Members of the group now, when the broker can tell.
+    pub replicas: Option<u32>,
+    /// The signal N*.
+    pub desired: u32,
+    /// N* / N.
+    pub load_ratio: f64,
+    /// Latency objective, seconds.
+    pub objective_s: f64,
+    /// Stage latency percentiles (quantile label, seconds), when scraped.
+    pub latency: &'a [(&'static str, f64)],
+}
+
+impl Emit for GroupObserved<'_> {
+    fn emit(self) {
+        tracing::debug!(
+            group = self.group,
+            lag = self.lag,
+            time_lag_s = self.time_lag_s,
+            replicas = ?self.replicas,
+            desired = self.desired,
+            "Group observed."
+        );
+        let m = Metrics::global();
+        let g = &[self.group][..];
+        m.scaler_partitions
+            .with_label_values(g)
+            .set(i64::from(self.partitions));
+        m.scaler_lag.with_label_values(g).set(self.lag);
+        m.scaler_time_lag.with_label_values(g).set(self.time_lag_s);
+        if let Some(a) = self.arrival {
+            m.scaler_arrival_rate.with_label_values(g).set(a);
+        }
+        if let Some(s) = self.service_per_replica {
+            m.scaler_service_rate.with_label_values(g).set(s);
+        }
+        if let Some(r) = self.replicas {
+            m.scaler_replicas.with_label_values(g).set(i64::from(r));
+        }
+        m.scaler_desired_replicas
+            .with_label_values(g)
+            .set(i64::from(self.desired));
+        m.scaler_load_ratio
+            .with_label_values(g)
+            .set(self.load_ratio);
+        m.scaler_latency_objective
+            .with_label_values(g)
+            .set(self.objective_s);
+        for (q, v) in self.latency {
+            m.scaler_stage_latency
+                .with_label_values(&[self.group, q])
+                .set(*v);
+        }
+        m.scaler_polls.with_label_values(&[self.group, "ok"]).inc();
+    }
+}
+
+/// The scaler could not observe a consumer group; its gauges keep their
+/// last values and the failure is counted.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupObservationFailed<'a> {
+    /// Consumer group.
+    pub group: &'a str,
+    /// What went wrong.
+    pub error: &'a str,
+}
+
+impl Emit for GroupObservationFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            group = self.group,
+            error = self.error,
+            "Could not observe the group."
+        );
+        Metrics::global()
+            .scaler_polls
+            .with_label_values(&[self.group, "failed"])
+            .inc();
+    }
+}

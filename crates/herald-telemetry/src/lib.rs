@@ -13,7 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod shutdown;
 
-pub use admin::{serve_admin, AdminSettings, AdminState};
+pub use admin::{serve_admin, serve_routes, AdminSettings, AdminState};
 pub use config::{load_config, ConfigError, ConfigSource};
 pub use events::Emit;
 pub use logging::{init_tracing, LogFormat, LogSettings};

@@ -7,7 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Metric names (the documented, stable interface for dashboards and alerts).
@@ -49,6 +50,39 @@ pub mod names {
     pub const ROUTER_DEFERRED_HELD: &str = "herald_router_deferred_held";
     /// Deferred messages released to their lanes. Labels: channel.
     pub const ROUTER_DEFERRED_RELEASED: &str = "herald_router_deferred_released_total";
+    /// Records waiting per partition (high watermark, or one past the last
+    /// data record, minus the committed offset). Labels: group, topic, partition.
+    pub const SCALER_PARTITION_LAG: &str = "herald_scaler_partition_lag";
+    /// Age of the oldest unprocessed record per partition, seconds (from
+    /// its timestamp, exact). Labels: group, topic, partition.
+    pub const SCALER_PARTITION_TIME_LAG: &str = "herald_scaler_partition_time_lag_seconds";
+    /// Burrow-style partition health: 1 for the current status, 0 for the
+    /// others. Labels: group, topic, partition, status (OK, WARN, STALL, STOP, REWIND).
+    pub const SCALER_PARTITION_HEALTH: &str = "herald_scaler_partition_health";
+    /// Records waiting in the group. Labels: group.
+    pub const SCALER_LAG: &str = "herald_scaler_lag";
+    /// The group's oldest unprocessed record, seconds. Labels: group.
+    pub const SCALER_TIME_LAG: &str = "herald_scaler_time_lag_seconds";
+    /// Records per second arriving (watermark growth). Labels: group.
+    pub const SCALER_ARRIVAL_RATE: &str = "herald_scaler_arrival_rate";
+    /// Records per second one replica processes, smoothed, measured only
+    /// while the group is busy. Labels: group.
+    pub const SCALER_SERVICE_RATE: &str = "herald_scaler_service_rate_per_replica";
+    /// Partitions of the group's topics. Labels: group.
+    pub const SCALER_PARTITIONS: &str = "herald_scaler_partitions";
+    /// Members of the consumer group now (the running replicas). Labels: group.
+    pub const SCALER_REPLICAS: &str = "herald_scaler_replicas";
+    /// The signal N*: replicas the group needs. Labels: group.
+    pub const SCALER_DESIRED_REPLICAS: &str = "herald_scaler_desired_replicas";
+    /// N* / N, for an HPA `Value` target of 1. Labels: group.
+    pub const SCALER_LOAD_RATIO: &str = "herald_scaler_load_ratio";
+    /// The group's latency objective, seconds (alerts compare time lag to it). Labels: group.
+    pub const SCALER_LATENCY_OBJECTIVE: &str = "herald_scaler_latency_objective_seconds";
+    /// Stage latency percentiles read from the stage's own histogram,
+    /// seconds. Labels: group, quantile (0.5, 0.95, 0.99).
+    pub const SCALER_STAGE_LATENCY: &str = "herald_scaler_stage_latency_seconds";
+    /// Observations of a group. Labels: group, outcome (ok, failed).
+    pub const SCALER_POLLS: &str = "herald_scaler_polls_total";
 }
 
 /// Every collector, registered once in one registry.
@@ -91,6 +125,34 @@ pub struct Metrics {
     pub router_deferred_held: IntGaugeVec,
     /// See [`names::ROUTER_DEFERRED_RELEASED`].
     pub router_deferred_released: IntCounterVec,
+    /// See [`names::SCALER_PARTITION_LAG`].
+    pub scaler_partition_lag: IntGaugeVec,
+    /// See [`names::SCALER_PARTITION_TIME_LAG`].
+    pub scaler_partition_time_lag: GaugeVec,
+    /// See [`names::SCALER_PARTITION_HEALTH`].
+    pub scaler_partition_health: IntGaugeVec,
+    /// See [`names::SCALER_LAG`].
+    pub scaler_lag: IntGaugeVec,
+    /// See [`names::SCALER_TIME_LAG`].
+    pub scaler_time_lag: GaugeVec,
+    /// See [`names::SCALER_ARRIVAL_RATE`].
+    pub scaler_arrival_rate: GaugeVec,
+    /// See [`names::SCALER_SERVICE_RATE`].
+    pub scaler_service_rate: GaugeVec,
+    /// See [`names::SCALER_PARTITIONS`].
+    pub scaler_partitions: IntGaugeVec,
+    /// See [`names::SCALER_REPLICAS`].
+    pub scaler_replicas: IntGaugeVec,
+    /// See [`names::SCALER_DESIRED_REPLICAS`].
+    pub scaler_desired_replicas: IntGaugeVec,
+    /// See [`names::SCALER_LOAD_RATIO`].
+    pub scaler_load_ratio: GaugeVec,
+    /// See [`names::SCALER_LATENCY_OBJECTIVE`].
+    pub scaler_latency_objective: GaugeVec,
+    /// See [`names::SCALER_STAGE_LATENCY`].
+    pub scaler_stage_latency: GaugeVec,
+    /// See [`names::SCALER_POLLS`].
+    pub scaler_polls: IntCounterVec,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -225,6 +287,80 @@ impl Metrics {
             "Deferred messages released to their lanes.",
             &["channel"],
         );
+        let fgauge = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, GaugeVec::new(opts(name, help), labels))
+        };
+        let per_partition = &["group", "topic", "partition"][..];
+        let scaler_partition_lag = gauge(
+            names::SCALER_PARTITION_LAG,
+            "Records waiting per partition.",
+            per_partition,
+        );
+        let scaler_partition_time_lag = fgauge(
+            names::SCALER_PARTITION_TIME_LAG,
+            "Age of the oldest unprocessed record per partition.",
+            per_partition,
+        );
+        let scaler_partition_health = gauge(
+            names::SCALER_PARTITION_HEALTH,
+            "Partition health: 1 for the current status.",
+            &["group", "topic", "partition", "status"],
+        );
+        let scaler_lag = gauge(
+            names::SCALER_LAG,
+            "Records waiting in the group.",
+            &["group"],
+        );
+        let scaler_time_lag = fgauge(
+            names::SCALER_TIME_LAG,
+            "Age of the group's oldest unprocessed record.",
+            &["group"],
+        );
+        let scaler_arrival_rate = fgauge(
+            names::SCALER_ARRIVAL_RATE,
+            "Records per second arriving.",
+            &["group"],
+        );
+        let scaler_service_rate = fgauge(
+            names::SCALER_SERVICE_RATE,
+            "Records per second one replica processes (measured while busy).",
+            &["group"],
+        );
+        let scaler_partitions = gauge(
+            names::SCALER_PARTITIONS,
+            "Partitions of the group's topics.",
+            &["group"],
+        );
+        let scaler_replicas = gauge(
+            names::SCALER_REPLICAS,
+            "Members of the consumer group.",
+            &["group"],
+        );
+        let scaler_desired_replicas = gauge(
+            names::SCALER_DESIRED_REPLICAS,
+            "Replicas the group needs (N*).",
+            &["group"],
+        );
+        let scaler_load_ratio = fgauge(
+            names::SCALER_LOAD_RATIO,
+            "Desired over current replicas.",
+            &["group"],
+        );
+        let scaler_latency_objective = fgauge(
+            names::SCALER_LATENCY_OBJECTIVE,
+            "The group's latency objective.",
+            &["group"],
+        );
+        let scaler_stage_latency = fgauge(
+            names::SCALER_STAGE_LATENCY,
+            "Stage latency percentiles from the stage's histogram.",
+            &["group", "quantile"],
+        );
+        let scaler_polls = counter(
+            names::SCALER_POLLS,
+            "Observations of a consumer group, by outcome.",
+            &["group", "outcome"],
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -248,6 +384,20 @@ impl Metrics {
             router_transaction_seconds,
             router_deferred_held,
             router_deferred_released,
+            scaler_partition_lag,
+            scaler_partition_time_lag,
+            scaler_partition_health,
+            scaler_lag,
+            scaler_time_lag,
+            scaler_arrival_rate,
+            scaler_service_rate,
+            scaler_partitions,
+            scaler_replicas,
+            scaler_desired_replicas,
+            scaler_load_ratio,
+            scaler_latency_objective,
+            scaler_stage_latency,
+            scaler_polls,
         }
     }
 
