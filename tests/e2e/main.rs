@@ -3,4 +3,5 @@
 // Tests fail loudly on unexpected errors: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deploy;
 mod python_producer;

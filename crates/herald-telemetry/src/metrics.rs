@@ -83,6 +83,13 @@ pub mod names {
     pub const SCALER_STAGE_LATENCY: &str = "herald_scaler_stage_latency_seconds";
     /// Observations of a group. Labels: group, outcome (ok, failed).
     pub const SCALER_POLLS: &str = "herald_scaler_polls_total";
+    /// End-to-end latency: event time to the provider's acceptance,
+    /// seconds; the delivery SLO and its burn-rate alerts read it.
+    /// Labels: channel, priority.
+    pub const DELIVERY_LATENCY_SECONDS: &str = "herald_delivery_latency_seconds";
+    /// Circuit breaker per provider: 1 for the current state, 0 for the
+    /// others. Labels: channel, provider, state (closed, open, half_open).
+    pub const BREAKER_STATE: &str = "herald_breaker_state";
 }
 
 /// Every collector, registered once in one registry.
@@ -153,6 +160,10 @@ pub struct Metrics {
     pub scaler_stage_latency: GaugeVec,
     /// See [`names::SCALER_POLLS`].
     pub scaler_polls: IntCounterVec,
+    /// See [`names::DELIVERY_LATENCY_SECONDS`].
+    pub delivery_latency_seconds: HistogramVec,
+    /// See [`names::BREAKER_STATE`].
+    pub breaker_state: IntGaugeVec,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -243,7 +254,7 @@ impl Metrics {
             names::ROUTER_LATENCY_SECONDS,
             "Event time to fan-out.",
             &["priority"],
-            latency_buckets,
+            latency_buckets.clone(),
         );
         let router_state_entries = gauge(
             names::ROUTER_STATE_ENTRIES,
@@ -361,6 +372,17 @@ impl Metrics {
             "Observations of a consumer group, by outcome.",
             &["group", "outcome"],
         );
+        let delivery_latency_seconds = histogram(
+            names::DELIVERY_LATENCY_SECONDS,
+            "Event time to the provider's acceptance.",
+            &["channel", "priority"],
+            latency_buckets.clone(),
+        );
+        let breaker_state = gauge(
+            names::BREAKER_STATE,
+            "Circuit breaker per provider: 1 for the current state.",
+            &["channel", "provider", "state"],
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -398,6 +420,8 @@ impl Metrics {
             scaler_latency_objective,
             scaler_stage_latency,
             scaler_polls,
+            delivery_latency_seconds,
+            breaker_state,
         }
     }
 
