@@ -50,6 +50,9 @@ pub struct DevSettings {
     /// Time given to stages to drain on Ctrl-C.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
+    /// How often the in-process scaler observes the router's group.
+    #[serde(with = "humantime_serde")]
+    pub scaler_poll_interval: Duration,
 }
 
 impl Default for DevSettings {
@@ -57,6 +60,7 @@ impl Default for DevSettings {
         Self {
             embedded_brokers: 1,
             drain: Duration::from_secs(10),
+            scaler_poll_interval: Duration::from_secs(5),
         }
     }
 }

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use herald_kafka::{topology, EmbeddedCluster, Topology};
-use herald_telemetry::{serve_admin, AdminState, Outcome, Supervisor};
+use herald_scaler::{GroupSettings, ScalerConfig, ScalerSettings, Signals};
+use herald_telemetry::{serve_routes, AdminState, Outcome, Supervisor};
 
 use crate::config::CliConfig;
 
@@ -54,13 +55,30 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
 
     let mut supervisor = Supervisor::new("dev", config.dev.drain);
     let admin_state = AdminState::new("dev");
-    let (admin_addr, admin_task) = serve_admin(
-        config.admin.listen,
-        admin_state.clone(),
-        supervisor.shutdown(),
-    )
-    .await
-    .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
+    // The scaler watches the router's group; its signal is served by the
+    // same admin server at /scale/<group>.
+    let scaler = ScalerConfig {
+        kafka: config.kafka.clone(),
+        log: config.log.clone(),
+        admin: config.admin.clone(),
+        scaler: ScalerSettings {
+            poll_interval: config.dev.scaler_poll_interval,
+            groups: vec![GroupSettings {
+                group: config.router.group.clone(),
+                topics: vec![topology.notifications()],
+                ..GroupSettings::default()
+            }],
+            ..ScalerSettings::default()
+        },
+    };
+    let signals = Signals::default();
+    let app = admin_state.router().merge(herald_scaler::routes(
+        signals.clone(),
+        vec![config.router.group.clone()],
+    ));
+    let (admin_addr, admin_task) = serve_routes(config.admin.listen, app, supervisor.shutdown())
+        .await
+        .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
     supervisor.spawn("admin", async move { Ok(admin_task.await??) });
     println!("admin      http://{admin_addr}/metrics  /healthz  /readyz");
     let router_admin = AdminState::new("router");
@@ -68,9 +86,18 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
         "router",
         herald_router::run(config.router_config(), supervisor.shutdown(), router_admin),
     );
+    supervisor.spawn(
+        "scaler",
+        herald_scaler::run(
+            scaler,
+            signals,
+            supervisor.shutdown(),
+            AdminState::new("scaler"),
+        ),
+    );
     println!(
-        "stages     router (group {}); delivery workers, tracker and scaler join as they land",
-        config.router.group
+        "stages     router (group {}), scaler (http://{admin_addr}/scale/{}); delivery workers and tracker join as they land",
+        config.router.group, config.router.group
     );
     println!(
         "try        herald send --count 10   (then read {}.<channel>.<lane>)",

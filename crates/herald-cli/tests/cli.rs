@@ -47,6 +47,7 @@ async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
         .env("HERALD__ADMIN__LISTEN", "127.0.0.1:0")
         .env("HERALD__TOPICS__PARTITIONS", "3")
         .env("HERALD__TOPICS__CHANNEL_PARTITIONS", "2")
+        .env("HERALD__DEV__SCALER_POLL_INTERVAL", "500ms")
         .env_remove("HERALD__KAFKA__BOOTSTRAP")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -135,6 +136,24 @@ async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
         keys,
         vec!["order-0", "order-1", "order-2"],
         "each event once, duplicates suppressed"
+    );
+
+    // The in-process scaler watches the router's group: it has read the
+    // group's committed offsets and serves its signal.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scale = http_get(&admin, "/scale/herald-router");
+        if scale.starts_with("HTTP/1.1 200") {
+            assert!(scale.contains("\"desiredReplicas\":"), "{scale}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no signal: {scale}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = http_get(&admin, "/metrics");
+    assert!(
+        metrics.contains("herald_scaler_partitions{group=\"herald-router\"} 3"),
+        "{metrics}"
     );
 
     // Ctrl-C: drains and exits 0.
