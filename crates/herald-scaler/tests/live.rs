@@ -32,7 +32,16 @@ struct Scaler {
 
 impl Scaler {
     async fn start(settings: KafkaSettings, group: &str, topic: &str) -> Self {
-        let mut config = ScalerConfig {
+        let shutdown = Shutdown::new();
+        let admin = AdminState::new("scaler");
+        let signals = Signals::default();
+        let app = admin
+            .router()
+            .merge(herald_scaler::routes(signals.clone(), vec![group.into()]));
+        let (addr, _server) = serve_routes("127.0.0.1:0".parse().unwrap(), app, shutdown.clone())
+            .await
+            .unwrap();
+        let config = ScalerConfig {
             kafka: settings,
             scaler: ScalerSettings {
                 poll_interval: Duration::from_millis(300),
@@ -43,22 +52,16 @@ impl Scaler {
                     group: group.into(),
                     topics: vec![topic.into()],
                     initial_service_rate: Some(50.0),
+                    // The stage's histogram, scraped over HTTP: this
+                    // process's own /metrics stands in for the stage's.
+                    metrics_urls: vec![format!("http://{addr}/metrics")],
+                    latency_histogram: Some("herald_router_latency_seconds".into()),
                     ..GroupSettings::default()
                 }],
                 ..ScalerSettings::default()
             },
             ..ScalerConfig::default()
         };
-        config.admin.listen = "127.0.0.1:0".parse().unwrap();
-        let shutdown = Shutdown::new();
-        let admin = AdminState::new("scaler");
-        let signals = Signals::default();
-        let app = admin
-            .router()
-            .merge(herald_scaler::routes(signals.clone(), vec![group.into()]));
-        let (addr, _server) = serve_routes(config.admin.listen, app, shutdown.clone())
-            .await
-            .unwrap();
         let task = tokio::spawn(herald_scaler::run(config, signals, shutdown.clone(), admin));
         Self {
             addr,
@@ -249,6 +252,24 @@ async fn scaler_metrics_follow_a_live_group() {
         .wait_for("idle N*", "herald_scaler_desired_replicas", &g, |v| {
             v == [1.0]
         })
+        .await;
+
+    // The stage's latency histogram is read from its /metrics: 100
+    // fan-outs at 0.3 s show up as the percentiles of the last interval.
+    for _ in 0..100 {
+        herald_telemetry::Metrics::global()
+            .router_latency_seconds
+            .with_label_values(&["normal"])
+            .observe(0.3);
+    }
+    let p50 = [("group", group.as_str()), ("quantile", "0.5")];
+    scaler
+        .wait_for(
+            "stage p50",
+            "herald_scaler_stage_latency_seconds",
+            &p50,
+            |v| v[0] > 0.25 && v[0] <= 0.5,
+        )
         .await;
 
     // The member stays but stops committing while records arrive: lag
