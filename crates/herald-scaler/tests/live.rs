@@ -364,3 +364,21 @@ async fn a_transactional_group_on_the_mock_cluster() {
     assert_eq!(scaler.metric("herald_scaler_lag", &g).await, vec![0.0]);
     scaler.stop().await;
 }
+
+/// The binary refuses a config it cannot use, naming what is wrong, with
+/// the configuration exit code.
+#[test]
+fn the_binary_names_bad_settings_and_exits_78() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald-scaler"))
+        .env("HERALD__SCALER__DRAIN_SHARE", "2.0")
+        .env("HERALD__ADMIN__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("scaler.drain_share must be in (0, 1], not 2"),
+        "{err}"
+    );
+    assert!(err.contains("[[scaler.groups]]"), "{err}");
+}
