@@ -1,0 +1,56 @@
+//! `herald-sandbox`: the provider stand-in as its own process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use herald_sandbox::{Sandbox, SandboxConfig};
+use herald_telemetry::{load_config, ConfigSource, Supervisor};
+
+/// Herald provider sandbox: APNs, FCM, Twilio, webhooks and SMTP on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "herald-sandbox", version, about)]
+struct Args {
+    /// TOML config file (HERALD__SECTION__KEY overrides it).
+    #[arg(long, short, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config: SandboxConfig = match load_config(&ConfigSource::from_process(args.config)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald-sandbox: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    herald_telemetry::init_tracing(&config.log);
+    let mut supervisor = Supervisor::new("sandbox", std::time::Duration::from_secs(5));
+    let sandbox = Sandbox::new(config.sandbox);
+    match herald_sandbox::start(sandbox, supervisor.shutdown()).await {
+        Ok((bound, tasks)) => {
+            println!(
+                "http       http://{}  (APNs h2c, FCM, Twilio, /hooks, /sandbox)",
+                bound.http
+            );
+            println!("smtp       {}", bound.smtp);
+            for (i, task) in tasks.into_iter().enumerate() {
+                supervisor.spawn(format!("listener-{i}"), async move { Ok(task.await??) });
+            }
+        }
+        Err(e) => {
+            eprintln!("herald-sandbox: binding its listeners: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match supervisor.run(true).await {
+        Ok(herald_telemetry::Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("herald-sandbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
