@@ -1,0 +1,11 @@
+//! Herald's delivery workers: one binary per channel (`--channel
+//! push|sms|email|webhook`), speaking each provider's real protocol.
+//!
+//! - `providers`: APNs (HTTP/2, ES256 provider tokens), FCM HTTP v1 (OAuth2
+//!   service-account tokens), Twilio Messages, SMTP through lettre, and
+//!   Standard Webhooks; each classifies its failures (retryable,
+//!   rate-limited, permanent, token invalid).
+
+pub mod providers;
+
+pub use providers::{Accepted, Failure, Provider, SendError};

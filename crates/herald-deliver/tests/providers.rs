@@ -1,0 +1,632 @@
+//! Every provider adapter against the sandbox, which checks each request
+//! the way the provider documents (auth, headers, JWT claims, body): what
+//! the sandbox records is what the provider would have accepted. Keys and
+//! secrets are generated here, per run.
+
+// Tests fail loudly on unexpected errors: that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use herald_deliver::providers::apns::{Apns, ApnsSettings};
+use herald_deliver::providers::email::{Email, EmailSettings, Tls};
+use herald_deliver::providers::fcm::{Fcm, FcmSettings};
+use herald_deliver::providers::twilio::{Twilio, TwilioSettings};
+use herald_deliver::providers::webhook::{Webhook, WebhookSettings};
+use herald_deliver::{Failure, Provider};
+use herald_model::secret::Secret;
+use herald_model::wire::ChannelMessage;
+use herald_model::{sample, Channel, DevicePlatform, Priority};
+use herald_sandbox::{Bound, Fault, Record, Sandbox, SandboxSettings};
+use herald_telemetry::shutdown::Shutdown;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+
+struct Keys {
+    apns_private: String,
+    apns_public: String,
+    fcm_private: String,
+    fcm_public: String,
+    twilio_token: String,
+    webhook_secret: String,
+}
+
+fn keys() -> Keys {
+    let ec = EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
+    let ec = PKey::from_ec_key(ec).unwrap();
+    let rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let random = |n: usize| {
+        let mut b = vec![0u8; n];
+        openssl::rand::rand_bytes(&mut b).unwrap();
+        b
+    };
+    Keys {
+        apns_private: String::from_utf8(ec.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+        apns_public: String::from_utf8(ec.public_key_to_pem().unwrap()).unwrap(),
+        fcm_private: String::from_utf8(rsa.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+        fcm_public: String::from_utf8(rsa.public_key_to_pem().unwrap()).unwrap(),
+        twilio_token: hex(&random(16)),
+        webhook_secret: format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(random(32))
+        ),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const TEAM: &str = "TEAM123456";
+const KEY_ID: &str = "KEY1234567";
+const PROJECT: &str = "herald-test";
+const CLIENT: &str = "herald@herald-test.iam.gserviceaccount.com";
+const SID: &str = "AC00000000000000000000000000000001";
+
+struct Env {
+    keys: Keys,
+    sandbox: Arc<Sandbox>,
+    bound: Bound,
+    _shutdown: Shutdown,
+}
+
+async fn env() -> Env {
+    let keys = keys();
+    let mut settings = SandboxSettings {
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        smtp_listen: "127.0.0.1:0".parse().unwrap(),
+        webhook_secret: keys.webhook_secret.clone(),
+        ..SandboxSettings::default()
+    };
+    settings.apns.team_id = TEAM.into();
+    settings.apns.key_id = KEY_ID.into();
+    settings.apns.public_key_pem = keys.apns_public.clone();
+    settings.fcm.project_id = PROJECT.into();
+    settings.fcm.client_email = CLIENT.into();
+    settings.fcm.public_key_pem = keys.fcm_public.clone();
+    settings.twilio.account_sid = SID.into();
+    settings.twilio.auth_token = keys.twilio_token.clone();
+    let sandbox = Sandbox::new(settings);
+    let shutdown = Shutdown::new();
+    let (bound, _tasks) = herald_sandbox::start(sandbox.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    Env {
+        keys,
+        sandbox,
+        bound,
+        _shutdown: shutdown,
+    }
+}
+
+impl Env {
+    fn http(&self) -> String {
+        format!("http://{}", self.bound.http)
+    }
+
+    fn apns(&self) -> Apns {
+        Apns::new(ApnsSettings {
+            base_url: self.http(),
+            team_id: TEAM.into(),
+            key_id: KEY_ID.into(),
+            key_path: None,
+            key_pem: Some(Secret::new(self.keys.apns_private.clone())),
+            topic: "com.example.app".into(),
+            token_refresh: Duration::from_secs(3000),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    fn fcm(&self) -> Fcm {
+        Fcm::new(FcmSettings {
+            base_url: self.http(),
+            service_account_file: None,
+            project_id: Some(PROJECT.into()),
+            client_email: Some(CLIENT.into()),
+            private_key: Some(Secret::new(self.keys.fcm_private.clone())),
+            token_uri: Some(format!("{}/token", self.http())),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    fn twilio(&self) -> Twilio {
+        Twilio::new(TwilioSettings {
+            base_url: self.http(),
+            account_sid: SID.into(),
+            auth_token: Secret::new(self.keys.twilio_token.clone()),
+            from: Some("+15005550006".into()),
+            messaging_service_sid: None,
+            status_callback: Some("http://127.0.0.1:9/twilio/status".into()),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    fn webhook(&self, secret: &str) -> Webhook {
+        Webhook::new(WebhookSettings {
+            secret: Secret::new(secret.to_string()),
+            allowed_hosts: vec!["127.0.0.1".into()],
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    fn email(&self) -> Email {
+        Email::new(EmailSettings {
+            host: "127.0.0.1".into(),
+            port: Some(self.bound.smtp.port()),
+            tls: Tls::None,
+            username: None,
+            password: None,
+            from: "Herald <noreply@herald.test>".into(),
+            list_unsubscribe: Some("https://herald.test/u/{notification_id}".into()),
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    fn only(&self, provider: &str, notification_id: &str) -> Record {
+        let found = self.sandbox.records(Some(provider), Some(notification_id));
+        assert_eq!(
+            found.len(),
+            1,
+            "{provider} records for {notification_id}: {found:#?}"
+        );
+        found.into_iter().next().unwrap()
+    }
+}
+
+fn message(n: u64, channel: Channel, address: &str) -> ChannelMessage {
+    let mut m = sample::channel_message(n, 1_700_000_000_000);
+    m.channel = channel;
+    m.recipient.address = address.into();
+    m
+}
+
+const DEVICE: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+#[tokio::test]
+async fn apns_sends_over_http2_with_a_provider_token() {
+    let env = env().await;
+    let apns = env.apns();
+    let mut m = message(1, Channel::Push, DEVICE);
+    m.recipient.platform = Some(DevicePlatform::Apns);
+    m.expires_at = Some(1_900_000_000_000);
+    m.content
+        .data
+        .insert("collapse_id".into(), "order-1".into());
+    let accepted = apns.send(&m).await.unwrap();
+    let r = env.only("apns", &m.notification_id);
+    // The apns-id is the notification id, so Apple's records join ours.
+    assert_eq!(
+        accepted.provider_message_id,
+        "00000000-0000-0000-0000-000000000001"
+    );
+    assert_eq!(r.provider_message_id, accepted.provider_message_id);
+    let h = &r.request["headers"];
+    assert_eq!(h["apns-topic"], "com.example.app");
+    assert_eq!(h["apns-push-type"], "alert");
+    assert_eq!(h["apns-priority"], "10");
+    assert_eq!(h["apns-expiration"], "1900000000");
+    assert_eq!(h["apns-collapse-id"], "order-1");
+    let p = &r.request["payload"];
+    assert_eq!(p["aps"]["alert"]["title"], "Your receipt");
+    assert_eq!(p["aps"]["alert"]["body"], "Order 1 is confirmed");
+    assert_eq!(p["order"], "1");
+    assert!(p.get("collapse_id").is_none());
+
+    // Bulk goes at power-considerate priority; the token is reused.
+    let mut bulk = message(2, Channel::Push, DEVICE);
+    bulk.priority = Priority::Bulk;
+    let token = apns.provider_token().unwrap();
+    apns.send(&bulk).await.unwrap();
+    assert_eq!(
+        env.only("apns", &bulk.notification_id).request["headers"]["apns-priority"],
+        "5"
+    );
+    assert_eq!(apns.provider_token().unwrap(), token);
+    // The token carries what Apple checks.
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    assert_eq!(header.kid.as_deref(), Some(KEY_ID));
+}
+
+#[tokio::test]
+async fn apns_failures_are_classified() {
+    let env = env().await;
+    let apns = env.apns();
+    // Unregistered (410) and a malformed token: the token is invalid.
+    let gone = apns
+        .send(&message(3, Channel::Push, &format!("dead{}", &DEVICE[4..])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (gone.failure, gone.reason.as_str(), gone.status),
+        (Failure::TokenInvalid, "Unregistered", Some(410))
+    );
+    let bad = apns
+        .send(&message(4, Channel::Push, "not-hex/../x"))
+        .await
+        .unwrap_err();
+    assert_eq!((bad.failure, bad.status), (Failure::TokenInvalid, None));
+    let short = apns
+        .send(&message(5, Channel::Push, "abcd"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (short.failure, short.reason.as_str()),
+        (Failure::TokenInvalid, "BadDeviceToken")
+    );
+    // A key Apple does not know: refused, retryable (our configuration).
+    let mut wrong = ApnsSettings {
+        base_url: env.http(),
+        team_id: TEAM.into(),
+        key_id: "OTHERKEY00".into(),
+        key_path: None,
+        key_pem: Some(Secret::new(env.keys.apns_private.clone())),
+        topic: "com.example.app".into(),
+        token_refresh: Duration::from_secs(3000),
+        timeout: Duration::from_secs(5),
+    };
+    let e = Apns::new(wrong.clone())
+        .unwrap()
+        .send(&message(6, Channel::Push, DEVICE))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.reason.as_str(), e.status),
+        ("InvalidProviderToken", Some(403))
+    );
+    wrong.key_id = KEY_ID.into();
+    wrong.key_pem = Some(Secret::new(keys().apns_private));
+    let e = Apns::new(wrong)
+        .unwrap()
+        .send(&message(6, Channel::Push, DEVICE))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, "InvalidProviderToken", "signed with another key");
+    // 429 with Retry-After, then 503.
+    env.sandbox.set_fault(
+        "apns",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(429),
+            retry_after_s: Some(7),
+            ..Fault::default()
+        },
+    );
+    let e = apns
+        .send(&message(7, Channel::Push, DEVICE))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.failure, e.reason.as_str(), e.retry_after),
+        (
+            Failure::RateLimited,
+            "TooManyRequests",
+            Some(Duration::from_secs(7))
+        )
+    );
+    env.sandbox.set_fault(
+        "apns",
+        Fault {
+            error_rate: 1.0,
+            ..Fault::default()
+        },
+    );
+    let e = apns
+        .send(&message(8, Channel::Push, DEVICE))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::Retryable, Some(503)));
+    // A hang is a timeout, retryable.
+    env.sandbox.set_fault(
+        "apns",
+        Fault {
+            timeout_rate: 1.0,
+            ..Fault::default()
+        },
+    );
+    let quick = Apns::new(ApnsSettings {
+        base_url: env.http(),
+        team_id: TEAM.into(),
+        key_id: KEY_ID.into(),
+        key_path: None,
+        key_pem: Some(Secret::new(env.keys.apns_private.clone())),
+        topic: "com.example.app".into(),
+        token_refresh: Duration::from_secs(3000),
+        timeout: Duration::from_millis(300),
+    })
+    .unwrap();
+    let e = quick
+        .send(&message(9, Channel::Push, DEVICE))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.failure, e.reason.as_str()),
+        (Failure::Retryable, "timeout")
+    );
+    assert_eq!(env.sandbox.records(Some("apns"), None).len(), 0);
+}
+
+#[tokio::test]
+async fn fcm_exchanges_a_service_account_jwt_and_sends() {
+    let env = env().await;
+    let fcm = env.fcm();
+    let m = message(10, Channel::Push, "fcm-token-10");
+    let accepted = fcm.send(&m).await.unwrap();
+    let r = env.only("fcm", &m.notification_id);
+    assert!(accepted
+        .provider_message_id
+        .starts_with("projects/herald-test/messages/"));
+    let msg = &r.request["message"];
+    assert_eq!(msg["token"], "fcm-token-10");
+    assert_eq!(msg["notification"]["title"], "Your receipt");
+    assert_eq!(msg["data"]["order"], "10");
+    assert_eq!(msg["android"]["priority"], "high");
+    // The access token is cached: a second send needs no new one.
+    fcm.send(&message(11, Channel::Push, "fcm-token-11"))
+        .await
+        .unwrap();
+    assert_eq!(env.sandbox.counts()["fcm"]["token issued"], 1);
+    // The assertion carries what Google checks.
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(fcm.assertion().unwrap().split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], CLIENT);
+    assert_eq!(
+        claims["scope"],
+        "https://www.googleapis.com/auth/firebase.messaging"
+    );
+    assert_eq!(claims["aud"], format!("{}/token", env.http()));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
+
+    let gone = fcm
+        .send(&message(12, Channel::Push, "dead-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (gone.failure, gone.reason.as_str()),
+        (Failure::TokenInvalid, "UNREGISTERED")
+    );
+    env.sandbox.set_fault(
+        "fcm",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(503),
+            retry_after_s: Some(30),
+            ..Fault::default()
+        },
+    );
+    let e = fcm
+        .send(&message(13, Channel::Push, "fcm-token-13"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.failure, e.retry_after),
+        (Failure::Retryable, Some(Duration::from_secs(30)))
+    );
+}
+
+#[tokio::test]
+async fn fcm_refuses_an_assertion_signed_with_another_key() {
+    let env = env().await;
+    let other = Fcm::new(FcmSettings {
+        base_url: env.http(),
+        service_account_file: None,
+        project_id: Some(PROJECT.into()),
+        client_email: Some(CLIENT.into()),
+        private_key: Some(Secret::new(keys().fcm_private)),
+        token_uri: Some(format!("{}/token", env.http())),
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let e = other
+        .send(&message(14, Channel::Push, "fcm-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.failure, e.reason.as_str(), e.status),
+        (Failure::Retryable, "token_invalid_grant", Some(400))
+    );
+    assert!(env.sandbox.records(Some("fcm"), None).is_empty());
+}
+
+#[tokio::test]
+async fn twilio_posts_the_form_with_basic_auth_and_a_status_callback() {
+    let env = env().await;
+    let twilio = env.twilio();
+    let m = message(20, Channel::Sms, "+14155550100");
+    let accepted = twilio.send(&m).await.unwrap();
+    assert!(accepted.provider_message_id.starts_with("SM"));
+    let r = env.only("twilio", &m.notification_id);
+    assert_eq!(r.request["form"]["To"], "+14155550100");
+    assert_eq!(r.request["form"]["From"], "+15005550006");
+    assert_eq!(r.request["form"]["Body"], "Order 20 is confirmed");
+    assert_eq!(
+        r.request["form"]["StatusCallback"],
+        format!(
+            "http://127.0.0.1:9/twilio/status?notification_id={}",
+            m.notification_id
+        )
+    );
+    for (n, to, code) in [
+        (21, "+15005550001", "21211"),
+        (22, "0155", "21211"),
+        (23, "+15005550009", "21614"),
+    ] {
+        let e = twilio
+            .send(&message(n, Channel::Sms, to))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.failure, e.reason.as_str()),
+            (Failure::TokenInvalid, code),
+            "{to}"
+        );
+    }
+    let mut empty = message(24, Channel::Sms, "+14155550100");
+    empty.content.body.clear();
+    let e = twilio.send(&empty).await.unwrap_err();
+    assert_eq!(
+        (e.failure, e.reason.as_str()),
+        (Failure::Permanent, "21602")
+    );
+    let wrong = Twilio::new(TwilioSettings {
+        base_url: env.http(),
+        account_sid: SID.into(),
+        auth_token: Secret::new("not-the-token"),
+        from: Some("+15005550006".into()),
+        messaging_service_sid: None,
+        status_callback: None,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let e = wrong.send(&m).await.unwrap_err();
+    assert_eq!(
+        (e.failure, e.reason.as_str()),
+        (Failure::Retryable, "20003")
+    );
+    assert_eq!(env.sandbox.records(Some("twilio"), None).len(), 1);
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_per_standard_webhooks() {
+    let env = env().await;
+    let hook = env.webhook(&env.keys.webhook_secret);
+    let mut m = message(
+        30,
+        Channel::Webhook,
+        &format!("{}/hooks/orders", env.http()),
+    );
+    m.content.body = r#"{"order":30,"status":"confirmed"}"#.into();
+    let accepted = hook.send(&m).await.unwrap();
+    assert_eq!(accepted.provider_message_id, m.notification_id);
+    let r = env.only("webhook", &m.notification_id);
+    assert_eq!(r.request["endpoint"], "orders");
+    assert_eq!(r.request["body"]["order"], 30);
+    // The receiver's own check, on a known vector.
+    let sig = hook.sign("msg_1", 1_700_000_000, b"{}");
+    herald_sandbox::webhook::verify(
+        &env.keys.webhook_secret,
+        "msg_1",
+        "1700000000",
+        b"{}",
+        &sig,
+        1_700_000_000,
+    )
+    .unwrap();
+
+    // Another secret: the receiver refuses (401), a permanent failure.
+    let other = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    );
+    let e = env
+        .webhook(&other)
+        .send(&message(
+            31,
+            Channel::Webhook,
+            &format!("{}/hooks/orders", env.http()),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::Permanent, Some(401)));
+    // A deleted endpoint: invalid address.
+    let e = hook
+        .send(&message(
+            32,
+            Channel::Webhook,
+            &format!("{}/hooks/gone", env.http()),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::TokenInvalid, Some(410)));
+    // Hosts off the allow-list and other schemes are never contacted.
+    for url in [
+        "http://10.0.0.1/hook",
+        "file:///etc/passwd",
+        "http://user@127.0.0.1/x",
+    ] {
+        let e = hook
+            .send(&message(33, Channel::Webhook, url))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.failure, e.status),
+            (Failure::TokenInvalid, None),
+            "{url}"
+        );
+    }
+    assert_eq!(env.sandbox.records(Some("webhook"), None).len(), 1);
+}
+
+#[tokio::test]
+async fn email_goes_over_smtp_as_multipart_with_list_unsubscribe() {
+    let env = env().await;
+    let email = env.email();
+    let mut m = message(40, Channel::Email, "ana@example.test");
+    m.content.subject = Some("Your receipt".into());
+    m.content.html = Some("<p>Order 40 is confirmed</p>".into());
+    let accepted = email.send(&m).await.unwrap();
+    let r = env.only("smtp", &m.notification_id);
+    assert_eq!(accepted.provider_message_id, r.provider_message_id);
+    assert_eq!(r.request["rcpt_to"][0], "ana@example.test");
+    assert_eq!(r.request["mail_from"], "noreply@herald.test");
+    assert_eq!(r.request["subject"], "Your receipt");
+    assert_eq!(r.request["multipart_alternative"], true);
+    assert_eq!(
+        r.request["message_id"],
+        format!("<{}@herald>", m.notification_id)
+    );
+    assert_eq!(
+        r.request["list_unsubscribe"],
+        format!("<https://herald.test/u/{}>", m.notification_id)
+    );
+    assert_eq!(
+        r.request["list_unsubscribe_post"],
+        "List-Unsubscribe=One-Click"
+    );
+    let data = r.request["data"].as_str().unwrap();
+    assert!(
+        data.contains("Order 40 is confirmed") && data.contains("text/html"),
+        "{data}"
+    );
+
+    let e = email
+        .send(&message(41, Channel::Email, "nobody@invalid.test"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::TokenInvalid, Some(550)));
+    let e = email
+        .send(&message(42, Channel::Email, "not an address"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.failure, Failure::TokenInvalid);
+    env.sandbox.set_fault(
+        "smtp",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(451),
+            ..Fault::default()
+        },
+    );
+    let e = email
+        .send(&message(43, Channel::Email, "ana@example.test"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::Retryable, Some(451)));
+    assert_eq!(env.sandbox.records(Some("smtp"), None).len(), 1);
+}
