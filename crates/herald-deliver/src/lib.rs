@@ -5,7 +5,13 @@
 //!   service-account tokens), Twilio Messages, SMTP through lettre, and
 //!   Standard Webhooks; each classifies its failures (retryable,
 //!   rate-limited, permanent, token invalid).
+//! - `breaker`: a circuit breaker per provider; `limiter`: a token bucket
+//!   per provider; `retry`: backoff with jitter through the retry tiers,
+//!   bounded attempts, then the dead-letter topic.
 
+pub mod breaker;
+pub mod limiter;
 pub mod providers;
+pub mod retry;
 
 pub use providers::{Accepted, Failure, Provider, SendError};
