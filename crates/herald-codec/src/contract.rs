@@ -8,7 +8,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use herald_model::wire::{
-    ChannelMessage, DedupEntry, DeliveryStatus, NotificationRequested, Preferences,
+    ChannelMessage, DedupEntry, DeliveryStatus, LedgerEntry, NotificationRequested, Preferences,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,6 +34,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     (
         "herald.Preferences",
         include_str!("../../../schemas/Preferences.avsc"),
+    ),
+    (
+        "herald.LedgerEntry",
+        include_str!("../../../schemas/LedgerEntry.avsc"),
     ),
 ];
 
@@ -65,6 +69,7 @@ record! {
     DeliveryStatus => "herald.DeliveryStatus",
     DedupEntry => "herald.DedupEntry",
     Preferences => "herald.Preferences",
+    LedgerEntry => "herald.LedgerEntry",
 }
 
 /// One parsed schema and its identity.

@@ -11,10 +11,12 @@
 //! Avro and no notification logic.
 
 pub mod embedded;
+pub mod produce;
 pub mod settings;
 pub mod state;
 pub mod topology;
 
 pub use embedded::EmbeddedCluster;
+pub use produce::{acked, send, Out};
 pub use settings::{KafkaSettings, Security, SecurityProtocol, SettingsError};
 pub use topology::{ApplyReport, Drift, LiveTopic, TopicSpec, Topology, TopologySettings};

@@ -238,6 +238,19 @@ pub struct DeliveryStatus {
     pub trace: Option<TraceContext>,
 }
 
+/// Value of a channel's delivery ledger (the key is the notification id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// When the provider accepted the message (ms).
+    pub delivered_at: i64,
+    /// Provider that accepted it.
+    pub provider: String,
+    /// The provider's id for the message.
+    pub provider_message_id: String,
+    /// When the entry may be forgotten (ms).
+    pub expires_at: i64,
+}
+
 /// Value of the dedup state topic (the key is the 16-byte dedup hash).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupEntry {

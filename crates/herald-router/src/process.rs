@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use herald_codec::{Codec, DecodeError, EncodeError, Record};
+pub use herald_kafka::Out;
 use herald_kafka::Topology;
 use herald_model::wire::{
     DedupEntry, DeliveryStatus, NotificationRequested, Preferences, SourceRef,
@@ -74,22 +75,6 @@ pub struct Input<'a> {
     pub key: Option<&'a [u8]>,
     /// Value bytes.
     pub payload: Option<&'a [u8]>,
-}
-
-/// A record to produce.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Out {
-    /// Destination topic.
-    pub topic: String,
-    /// Destination partition; `None` lets the partitioner pick by key.
-    /// State records name it: they live in the partition of their input.
-    pub partition: Option<i32>,
-    /// Key (None: tombstone key never; None only for keyless records).
-    pub key: Option<Vec<u8>>,
-    /// Value (None: a tombstone).
-    pub payload: Option<Vec<u8>>,
-    /// Headers.
-    pub headers: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// Why a record cannot be processed now; the run loop stops and the record

@@ -40,14 +40,16 @@ use rdkafka::consumer::{
     DefaultConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{Guarantee, RouterConfig};
 use crate::deferred::{Clock, Release};
 use crate::process::{Input, Out, PartitionState, Router};
+pub(crate) use herald_kafka::produce::{acked, send};
+
 use crate::templates::TemplateStore;
 
 /// Header naming the transaction an output was written in.
@@ -368,54 +370,6 @@ async fn apply_preferences(
     }
 }
 
-/// Enqueues one output; the future resolves when the broker acknowledges it.
-pub(crate) fn send(
-    producer: &FutureProducer,
-    out: Out,
-    txn_marker: Option<&[u8]>,
-) -> Result<rdkafka::producer::DeliveryFuture, String> {
-    let mut headers = OwnedHeaders::new();
-    for (k, v) in &out.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_slice()),
-        });
-    }
-    if let Some(marker) = txn_marker {
-        headers = headers.insert(Header {
-            key: TXN_HEADER,
-            value: Some(marker),
-        });
-    }
-    let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> =
-        FutureRecord::to(&out.topic).headers(headers);
-    if let Some(k) = &out.key {
-        record = record.key(k);
-    }
-    if let Some(p) = out.partition {
-        record = record.partition(p);
-    }
-    if let Some(p) = &out.payload {
-        record = record.payload(p);
-    }
-    // A refused enqueue (queue full, unknown topic) fails this record's
-    // acknowledgement, so its offset is never stored.
-    producer
-        .send_result(record)
-        .map_err(|(e, _)| format!("{}: {e}", out.topic))
-}
-
-/// Waits for an output's acknowledgement (or reports why it was refused).
-pub(crate) async fn acked(
-    sent: Result<rdkafka::producer::DeliveryFuture, String>,
-) -> Result<(), String> {
-    match sent?.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(e.to_string()),
-        Err(_) => Err("producer dropped".into()),
-    }
-}
-
 /// Builds the transactional producer and registers its id with the
 /// broker (fencing any earlier instance with the same id). A broker
 /// without transactions fails here, naming the setting.
@@ -663,7 +617,7 @@ pub async fn run_with_clock(
                         Some(t) => {
                             // Delivery of each output is confirmed by the commit.
                             for o in outs {
-                                send(&producer, o, marker.as_deref()).map_err(anyhow::Error::msg)?;
+                                send(&producer, o, marker.as_deref().map(|m| (TXN_HEADER, m))).map_err(anyhow::Error::msg)?;
                             }
                             let full = {
                                 let mut t = lock(t);
@@ -720,7 +674,11 @@ pub async fn run_with_clock(
                         payload: None,
                         headers: Vec::new(),
                     };
-                    drop(send(&producer, tomb, marker.as_deref()));
+                    drop(send(
+                        &producer,
+                        tomb,
+                        marker.as_deref().map(|m| (TXN_HEADER, m)),
+                    ));
                 }
             }
         }

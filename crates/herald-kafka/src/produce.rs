@@ -1,0 +1,67 @@
+//! Producing records whose acknowledgement a stage waits for before it
+//! stores the input offset (at-least-once), shared by every stage.
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Out {
+    /// Destination topic.
+    pub topic: String,
+    /// Destination partition; `None` lets the partitioner pick by key.
+    /// State records name it: they live in the partition of their input.
+    pub partition: Option<i32>,
+    /// Key (`None` only for keyless records).
+    pub key: Option<Vec<u8>>,
+    /// Value (`None`: a tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Enqueues one record, with an optional extra header; the future
+/// resolves when the broker acknowledges it. A refused enqueue (queue
+/// full, unknown topic) is an error, so the input's offset is never stored.
+pub fn send(
+    producer: &FutureProducer,
+    out: Out,
+    extra_header: Option<(&str, &[u8])>,
+) -> Result<DeliveryFuture, String> {
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in &out.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_slice()),
+        });
+    }
+    if let Some((key, value)) = extra_header {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> =
+        FutureRecord::to(&out.topic).headers(headers);
+    if let Some(k) = &out.key {
+        record = record.key(k);
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    if let Some(p) = &out.payload {
+        record = record.payload(p);
+    }
+    producer
+        .send_result(record)
+        .map_err(|(e, _)| format!("{}: {e}", out.topic))
+}
+
+/// Waits for a record's acknowledgement (or reports why it was refused).
+pub async fn acked(sent: Result<DeliveryFuture, String>) -> Result<(), String> {
+    match sent?.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.to_string()),
+        Err(_) => Err("producer dropped".into()),
+    }
+}
