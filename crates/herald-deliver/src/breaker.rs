@@ -66,9 +66,6 @@ impl State {
     }
 }
 
-/// Every state label, for one-hot metrics.
-pub const STATES: [&str; 3] = ["closed", "open", "half_open"];
-
 /// May a request go now?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permit {

@@ -10,8 +10,13 @@
 //!   bounded attempts, then the dead-letter topic.
 
 pub mod breaker;
+pub mod config;
 pub mod limiter;
 pub mod providers;
 pub mod retry;
+pub mod routes;
+pub mod worker;
 
+pub use config::{DeliverConfig, DeliverSettings};
 pub use providers::{Accepted, Failure, Provider, SendError};
+pub use worker::run;

@@ -4,6 +4,13 @@
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
+/// Header naming why a record was dead-lettered (a fixed reason label).
+pub const DLQ_REASON: &str = "herald.dlq.reason";
+/// Header with the error's text.
+pub const DLQ_DETAIL: &str = "herald.dlq.detail";
+/// Header with the source `topic/partition/offset`.
+pub const DLQ_SOURCE: &str = "herald.dlq.source";
+
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Out {
@@ -18,6 +25,35 @@ pub struct Out {
     pub payload: Option<Vec<u8>>,
     /// Headers.
     pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Out {
+    /// The dead letter of a source record: its original key and bytes,
+    /// with the reason, the error and where it came from as headers.
+    pub fn dead_letter(
+        topic: String,
+        source: (&str, i32, i64),
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        reason: &str,
+        detail: &str,
+    ) -> Self {
+        let (source_topic, partition, offset) = source;
+        Self {
+            topic,
+            partition: None,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            headers: vec![
+                (DLQ_REASON, reason.as_bytes().to_vec()),
+                (DLQ_DETAIL, detail.as_bytes().to_vec()),
+                (
+                    DLQ_SOURCE,
+                    format!("{source_topic}/{partition}/{offset}").into_bytes(),
+                ),
+            ],
+        }
+    }
 }
 
 /// Enqueues one record, with an optional extra header; the future

@@ -21,12 +21,7 @@ use crate::fanout;
 use crate::policy::{self, CapCounter, Decision};
 use crate::templates::TemplateStore;
 
-/// Header naming why a record was dead-lettered.
-pub const DLQ_REASON: &str = "herald.dlq.reason";
-/// Header with the human-readable error.
-pub const DLQ_DETAIL: &str = "herald.dlq.detail";
-/// Header with `topic/partition/offset` of the original record.
-pub const DLQ_SOURCE: &str = "herald.dlq.source";
+pub use herald_kafka::produce::{DLQ_DETAIL, DLQ_REASON, DLQ_SOURCE};
 
 /// The state one input partition needs.
 #[derive(Default)]
@@ -92,20 +87,14 @@ pub enum ProcessError {
 /// The dead-letter record for `input`: its original key and bytes, with
 /// the reason, the error and where it came from as headers.
 pub fn dead_letter_out(topology: &Topology, input: &Input<'_>, reason: &str, detail: &str) -> Out {
-    Out {
-        topic: topology.named("dead-letter"),
-        partition: None,
-        key: input.key.map(<[u8]>::to_vec),
-        payload: input.payload.map(<[u8]>::to_vec),
-        headers: vec![
-            (DLQ_REASON, reason.as_bytes().to_vec()),
-            (DLQ_DETAIL, detail.as_bytes().to_vec()),
-            (
-                DLQ_SOURCE,
-                format!("{}/{}/{}", input.topic, input.partition, input.offset).into_bytes(),
-            ),
-        ],
-    }
+    Out::dead_letter(
+        topology.named("dead-letter"),
+        (input.topic, input.partition, input.offset),
+        input.key,
+        input.payload,
+        reason,
+        detail,
+    )
 }
 
 /// The router's decision logic with its fixed inputs.

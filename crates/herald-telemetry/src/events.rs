@@ -439,3 +439,104 @@ impl Emit for GroupObservationFailed<'_> {
             .inc();
     }
 }
+
+/// One request to a provider ended.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryAttempted<'a> {
+    /// Channel.
+    pub channel: &'static str,
+    /// Provider (route label).
+    pub provider: &'a str,
+    /// `sent` or the failure class.
+    pub result: &'static str,
+    /// Request time.
+    pub elapsed: std::time::Duration,
+    /// On success: event time to acceptance, with the priority label.
+    pub end_to_end: Option<(&'static str, std::time::Duration)>,
+}
+
+impl Emit for DeliveryAttempted<'_> {
+    fn emit(self) {
+        tracing::debug!(
+            channel = self.channel,
+            provider = self.provider,
+            result = self.result,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "Delivery attempted."
+        );
+        let m = Metrics::global();
+        m.deliver_attempts
+            .with_label_values(&[self.channel, self.provider, self.result])
+            .inc();
+        m.provider_latency_seconds
+            .with_label_values(&[self.channel, self.provider])
+            .observe(self.elapsed.as_secs_f64());
+        if let Some((priority, e2e)) = self.end_to_end {
+            m.delivery_latency_seconds
+                .with_label_values(&[self.channel, priority])
+                .observe(e2e.as_secs_f64());
+        }
+    }
+}
+
+/// What became of a message that was not sent (or not sent again).
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryOutcome {
+    /// Channel.
+    pub channel: &'static str,
+    /// retry_scheduled, dead_lettered, failed, token_invalid, duplicate, stale.
+    pub outcome: &'static str,
+}
+
+impl Emit for DeliveryOutcome {
+    fn emit(self) {
+        tracing::debug!(
+            channel = self.channel,
+            outcome = self.outcome,
+            "Delivery outcome."
+        );
+        Metrics::global()
+            .deliver_outcomes
+            .with_label_values(&[self.channel, self.outcome])
+            .inc();
+    }
+}
+
+/// A provider's circuit breaker changed state.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerChanged<'a> {
+    /// Channel.
+    pub channel: &'static str,
+    /// Provider (route label).
+    pub provider: &'a str,
+    /// New state: closed, open, half_open.
+    pub state: &'static str,
+}
+
+/// The state labels of [`crate::metrics::names::BREAKER_STATE`].
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+impl Emit for BreakerChanged<'_> {
+    fn emit(self) {
+        if self.state == "open" {
+            tracing::warn!(
+                channel = self.channel,
+                provider = self.provider,
+                "Circuit breaker opened."
+            );
+        } else {
+            tracing::info!(
+                channel = self.channel,
+                provider = self.provider,
+                state = self.state,
+                "Circuit breaker changed."
+            );
+        }
+        let m = Metrics::global();
+        for state in BREAKER_STATES {
+            m.breaker_state
+                .with_label_values(&[self.channel, self.provider, state])
+                .set(i64::from(state == self.state));
+        }
+    }
+}

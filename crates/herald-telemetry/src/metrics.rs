@@ -90,6 +90,18 @@ pub mod names {
     /// Circuit breaker per provider: 1 for the current state, 0 for the
     /// others. Labels: channel, provider, state (closed, open, half_open).
     pub const BREAKER_STATE: &str = "herald_breaker_state";
+    /// Delivery attempts by outcome. Labels: channel, provider, result
+    /// (sent, retryable, rate_limited, permanent, token_invalid).
+    pub const DELIVER_ATTEMPTS: &str = "herald_deliver_attempts_total";
+    /// Provider request time, seconds. Labels: channel, provider.
+    pub const PROVIDER_LATENCY_SECONDS: &str = "herald_provider_latency_seconds";
+    /// Messages being delivered now (taken, not yet finished). Labels: channel.
+    pub const DELIVER_IN_FLIGHT: &str = "herald_deliver_in_flight";
+    /// Retried messages waiting for their `not_before`. Labels: channel.
+    pub const DELIVER_RETRY_WAITING: &str = "herald_deliver_retry_waiting";
+    /// Outcomes after the last attempt. Labels: channel, outcome
+    /// (retry_scheduled, dead_lettered, failed, token_invalid, duplicate, stale).
+    pub const DELIVER_OUTCOMES: &str = "herald_deliver_outcomes_total";
 }
 
 /// Every collector, registered once in one registry.
@@ -164,6 +176,16 @@ pub struct Metrics {
     pub delivery_latency_seconds: HistogramVec,
     /// See [`names::BREAKER_STATE`].
     pub breaker_state: IntGaugeVec,
+    /// See [`names::DELIVER_ATTEMPTS`].
+    pub deliver_attempts: IntCounterVec,
+    /// See [`names::PROVIDER_LATENCY_SECONDS`].
+    pub provider_latency_seconds: HistogramVec,
+    /// See [`names::DELIVER_IN_FLIGHT`].
+    pub deliver_in_flight: IntGaugeVec,
+    /// See [`names::DELIVER_RETRY_WAITING`].
+    pub deliver_retry_waiting: IntGaugeVec,
+    /// See [`names::DELIVER_OUTCOMES`].
+    pub deliver_outcomes: IntCounterVec,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -383,6 +405,34 @@ impl Metrics {
             "Circuit breaker per provider: 1 for the current state.",
             &["channel", "provider", "state"],
         );
+        let deliver_attempts = counter(
+            names::DELIVER_ATTEMPTS,
+            "Delivery attempts by outcome.",
+            &["channel", "provider", "result"],
+        );
+        let provider_latency_seconds = histogram(
+            names::PROVIDER_LATENCY_SECONDS,
+            "Provider request time.",
+            &["channel", "provider"],
+            vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        );
+        let deliver_in_flight = gauge(
+            names::DELIVER_IN_FLIGHT,
+            "Messages being delivered now.",
+            &["channel"],
+        );
+        let deliver_retry_waiting = gauge(
+            names::DELIVER_RETRY_WAITING,
+            "Retried messages waiting for their time.",
+            &["channel"],
+        );
+        let deliver_outcomes = counter(
+            names::DELIVER_OUTCOMES,
+            "Outcomes other than sent.",
+            &["channel", "outcome"],
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -422,6 +472,11 @@ impl Metrics {
             scaler_polls,
             delivery_latency_seconds,
             breaker_state,
+            deliver_attempts,
+            provider_latency_seconds,
+            deliver_in_flight,
+            deliver_retry_waiting,
+            deliver_outcomes,
         }
     }
 

@@ -1,0 +1,821 @@
+//! The delivery loop of one channel.
+//!
+//! One consumer group per channel reads the channel's three lanes and its
+//! retry tiers. Each assigned partition gets its own task, so a slow
+//! provider or an open breaker holds only the partitions whose messages
+//! need it. Inside a partition up to `max_in_flight` messages are delivered
+//! at once and offsets are stored in order, only after every effect of a
+//! message (ledger entry, status, retry or dead letter) is acknowledged.
+//!
+//! Per message: decode (undecodable: dead letter); wait for `not_before`
+//! (retries); drop if past `expires_at`; skip if the ledger already holds
+//! its notification id (a replay, a redelivery after a crash, a duplicate
+//! from an aborted transaction); hold normal and bulk while urgent messages
+//! are pending; send through the message's routes (breaker permit, rate
+//! limit, failover to a secondary); then record the success in the ledger,
+//! or schedule a retry through a tier, or dead-letter it, or record a
+//! permanent failure, each with a `DeliveryStatus`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use herald_codec::Codec;
+use herald_kafka::produce::{acked, send, Out};
+use herald_kafka::settings::ProducerKind;
+use herald_kafka::Topology;
+use herald_model::wire::{ChannelMessage, DeliveryStatus, LedgerEntry};
+use herald_model::{Channel, ErrorClass, Priority, Stage, StatusKind};
+use herald_telemetry::events::{
+    BreakerChanged, DeadLettered, DeliveryAttempted, DeliveryOutcome, Rebalanced,
+};
+use herald_telemetry::shutdown::Shutdown;
+use herald_telemetry::{AdminState, Emit, Metrics};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::breaker::{Breaker, Permit};
+use crate::config::DeliverConfig;
+use crate::limiter::TokenBucket;
+use crate::providers::{Accepted, SendError};
+use crate::retry::{self, Attempt, Next, TIERS};
+use crate::routes::Routes;
+
+/// Header carrying the attempt history (JSON list of [`Attempt`]).
+pub const ATTEMPTS_HEADER: &str = "herald.attempts";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Consumer context: counts rebalances and tells the loop what was revoked.
+#[derive(Default)]
+pub struct DeliverContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for DeliverContext {}
+
+impl ConsumerContext for DeliverContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            Rebalanced {
+                kind: "revoke",
+                partitions: tpl.count(),
+            }
+            .emit();
+            lock(&self.revoked).extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            Rebalanced {
+                kind: "assign",
+                partitions: tpl.count(),
+            }
+            .emit();
+        }
+    }
+}
+
+/// The delivered notification ids of one partition, with their expiry.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    entries: Mutex<HashMap<String, i64>>,
+}
+
+impl Ledger {
+    fn contains(&self, id: &str, now: i64) -> bool {
+        lock(&self.entries).get(id).is_some_and(|exp| *exp > now)
+    }
+
+    fn insert(&self, id: String, expires_at: i64) {
+        lock(&self.entries).insert(id, expires_at);
+    }
+
+    fn take_expired(&self, now: i64) -> Vec<String> {
+        let mut entries = lock(&self.entries);
+        let expired: Vec<String> = entries
+            .iter()
+            .filter(|(_, exp)| **exp <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            entries.remove(k);
+        }
+        expired
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Shared {
+    channel: Channel,
+    consumer: Arc<StreamConsumer<DeliverContext>>,
+    producer: FutureProducer,
+    codec: Codec,
+    topology: Topology,
+    routes: Routes,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    limiters: HashMap<String, TokenBucket>,
+    config: DeliverConfig,
+    ledgers: tokio::sync::Mutex<HashMap<i32, Arc<Ledger>>>,
+    urgent_pending: AtomicUsize,
+    fatal: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn ch(&self) -> &'static str {
+        self.channel.as_str()
+    }
+
+    fn fail(&self, why: String) {
+        lock(&self.fatal).get_or_insert(why);
+    }
+
+    fn ledger_topic(&self) -> String {
+        self.topology.named(&format!("{}.ledger", self.channel))
+    }
+
+    /// The ledger of `partition`, restored from the ledger topic on first use.
+    async fn ledger(&self, partition: i32) -> anyhow::Result<Arc<Ledger>> {
+        let mut ledgers = self.ledgers.lock().await;
+        if let Some(l) = ledgers.get(&partition) {
+            return Ok(Arc::clone(l));
+        }
+        let ledger = Arc::new(Ledger::default());
+        let topic = self.ledger_topic();
+        let now = now_ms();
+        let mut undecodable = 0_u64;
+        let stats = herald_kafka::state::read_to_end(
+            &self.config.kafka,
+            "deliver-ledger",
+            &topic,
+            partition,
+            self.config.deliver.restore_stall_timeout,
+            |key, value| {
+                let Some(id) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+                    return;
+                };
+                match value {
+                    None => {
+                        lock(&ledger.entries).remove(id);
+                    }
+                    Some(v) => match self.codec.decode_local::<LedgerEntry>(v) {
+                        Ok(e) if e.expires_at > now => ledger.insert(id.to_string(), e.expires_at),
+                        Ok(_) => {}
+                        Err(_) => undecodable += 1,
+                    },
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("restoring the ledger {topic}/{partition}"))?;
+        tracing::info!(
+            partition,
+            records = stats.records,
+            entries = ledger.len(),
+            undecodable,
+            "Ledger restored."
+        );
+        ledgers.insert(partition, Arc::clone(&ledger));
+        Ok(ledger)
+    }
+
+    /// Tombstones expired ledger entries.
+    async fn evict(&self) {
+        let now = now_ms();
+        let topic = self.ledger_topic();
+        let ledgers: Vec<(i32, Arc<Ledger>)> = self
+            .ledgers
+            .lock()
+            .await
+            .iter()
+            .map(|(p, l)| (*p, Arc::clone(l)))
+            .collect();
+        for (p, ledger) in ledgers {
+            for id in ledger.take_expired(now) {
+                let tomb = Out {
+                    topic: topic.clone(),
+                    partition: Some(p),
+                    key: Some(id.into_bytes()),
+                    payload: None,
+                    headers: Vec::new(),
+                };
+                drop(send(&self.producer, tomb, None));
+            }
+        }
+    }
+
+    fn permit(&self, label: &str) -> Permit {
+        let mut breakers = lock(&self.breakers);
+        let b = breakers
+            .entry(label.to_string())
+            .or_insert_with(|| Breaker::new(self.config.deliver.breaker));
+        let (permit, change) = b.permit(now_ms());
+        if let Some(state) = change {
+            BreakerChanged {
+                channel: self.ch(),
+                provider: label,
+                state: state.as_str(),
+            }
+            .emit();
+        }
+        permit
+    }
+
+    fn record(&self, label: &str, healthy: bool, retry_after: Option<Duration>) {
+        let mut breakers = lock(&self.breakers);
+        let b = breakers
+            .entry(label.to_string())
+            .or_insert_with(|| Breaker::new(self.config.deliver.breaker));
+        if let Some(state) = b.record(now_ms(), healthy, retry_after) {
+            BreakerChanged {
+                channel: self.ch(),
+                provider: label,
+                state: state.as_str(),
+            }
+            .emit();
+        }
+    }
+
+    /// Sends `m` through its routes: breaker permit (waiting while the
+    /// last usable route is open), rate limit, failover on a retryable
+    /// failure when another route is left.
+    async fn attempt(&self, m: &ChannelMessage) -> Result<Accepted, SendError> {
+        let routes = self.routes.for_message(m);
+        let Some(last) = routes.len().checked_sub(1) else {
+            return Err(SendError::permanent("none", "no_provider_for_recipient"));
+        };
+        let mut failed: Option<SendError> = None;
+        'routes: for (i, route) in routes.iter().enumerate() {
+            loop {
+                match self.permit(&route.label) {
+                    Permit::Go | Permit::Probe => break,
+                    Permit::WaitUntil(_) if i < last => continue 'routes,
+                    Permit::WaitUntil(t) => {
+                        let wait = (t - now_ms()).clamp(10, 1_000) as u64;
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                }
+            }
+            if let Some(bucket) = self.limiters.get(&route.label) {
+                bucket.acquire().await;
+            }
+            let started = Instant::now();
+            let result = route.provider.send(m).await;
+            let healthy = match &result {
+                Ok(_) => true,
+                Err(e) => !retry::unhealthy(e.failure),
+            };
+            self.record(
+                &route.label,
+                healthy,
+                result.as_ref().err().and_then(|e| e.retry_after),
+            );
+            DeliveryAttempted {
+                channel: self.ch(),
+                provider: &route.label,
+                result: result
+                    .as_ref()
+                    .map_or_else(|e| e.failure.as_str(), |_| "sent"),
+                elapsed: started.elapsed(),
+                end_to_end: result.is_ok().then(|| {
+                    (
+                        m.priority.as_str(),
+                        Duration::from_millis((now_ms() - m.created_at).max(0) as u64),
+                    )
+                }),
+            }
+            .emit();
+            match result {
+                Ok(a) => return Ok(a),
+                Err(e) if e.failure.retry() && i < last => failed = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failed.unwrap_or_else(|| SendError::permanent("none", "no_provider_for_recipient")))
+    }
+
+    fn status(
+        &self,
+        m: &ChannelMessage,
+        status: StatusKind,
+        reason: Option<String>,
+        provider: Option<&str>,
+        provider_message_id: Option<String>,
+    ) -> DeliveryStatus {
+        DeliveryStatus {
+            notification_id: Some(m.notification_id.clone()),
+            idempotency_key: Some(m.idempotency_key.clone()),
+            tenant: Some(m.tenant.clone()),
+            user_id: Some(m.user_id.clone()),
+            category: Some(m.category.clone()),
+            channel: Some(m.channel),
+            stage: Stage::Deliver,
+            status,
+            reason,
+            detail: None,
+            provider: provider.map(str::to_string),
+            provider_message_id,
+            attempt: m.attempt,
+            occurred_at: now_ms(),
+            trace: m.trace.clone(),
+        }
+    }
+
+    async fn status_out(&self, s: &DeliveryStatus) -> Result<Out, String> {
+        let topic = self.topology.named("status");
+        let payload = self
+            .codec
+            .encode(&topic, s)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Out {
+            topic,
+            partition: None,
+            key: s.user_id.clone().map(String::into_bytes),
+            payload: Some(payload),
+            headers: Vec::new(),
+        })
+    }
+
+    /// Produces `outs` and waits for every acknowledgement.
+    async fn emit_all(&self, outs: Vec<Out>) -> Result<(), String> {
+        let sent: Vec<_> = outs
+            .into_iter()
+            .map(|o| send(&self.producer, o, None))
+            .collect();
+        for s in sent {
+            acked(s).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers one record; `Err` only when an effect could not be
+    /// produced (the offset is then not stored and the worker stops).
+    async fn deliver(&self, ledger: &Ledger, msg: &OwnedMessage) -> Result<(), String> {
+        let source = (msg.topic(), msg.partition(), msg.offset());
+        let bytes = msg.payload().unwrap_or_default();
+        let mut m: ChannelMessage = match self.codec.decode(bytes).await {
+            Ok(m) => m,
+            Err(e) if e.class() == ErrorClass::Retryable => return Err(e.to_string()),
+            Err(e) => {
+                DeadLettered {
+                    stage: "deliver",
+                    reason: e.reason(),
+                    topic: source.0,
+                    partition: source.1,
+                    offset: source.2,
+                }
+                .emit();
+                let dlq = Out::dead_letter(
+                    self.topology
+                        .named(&format!("{}.dead-letter", self.channel)),
+                    source,
+                    msg.key(),
+                    msg.payload(),
+                    e.reason(),
+                    &e.to_string(),
+                );
+                return self.emit_all(vec![dlq]).await;
+            }
+        };
+        if let Some(nb) = m.not_before {
+            let wait = nb - now_ms();
+            if wait > 0 {
+                let gauge = Metrics::global()
+                    .deliver_retry_waiting
+                    .with_label_values(&[self.ch()]);
+                gauge.inc();
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                gauge.dec();
+            }
+        }
+        let now = now_ms();
+        if m.expires_at.is_some_and(|e| e <= now) {
+            DeliveryOutcome {
+                channel: self.ch(),
+                outcome: "stale",
+            }
+            .emit();
+            let s = self.status(&m, StatusKind::Stale, Some("expired".into()), None, None);
+            return self.emit_all(vec![self.status_out(&s).await?]).await;
+        }
+        if ledger.contains(&m.notification_id, now) {
+            DeliveryOutcome {
+                channel: self.ch(),
+                outcome: "duplicate",
+            }
+            .emit();
+            return Ok(());
+        }
+        if m.priority != Priority::Urgent {
+            while self.urgent_pending.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let gauge = Metrics::global()
+            .deliver_in_flight
+            .with_label_values(&[self.ch()]);
+        gauge.inc();
+        let result = self.attempt(&m).await;
+        gauge.dec();
+        match result {
+            Ok(accepted) => {
+                let now = now_ms();
+                let expires_at = now + self.config.deliver.ledger_retention.as_millis() as i64;
+                let entry = LedgerEntry {
+                    delivered_at: now,
+                    provider: accepted.provider.to_string(),
+                    provider_message_id: accepted.provider_message_id.clone(),
+                    expires_at,
+                };
+                let ledger_topic = self.ledger_topic();
+                let payload = self
+                    .codec
+                    .encode(&ledger_topic, &entry)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let record = Out {
+                    topic: ledger_topic,
+                    partition: Some(msg.partition()),
+                    key: Some(m.notification_id.clone().into_bytes()),
+                    payload: Some(payload),
+                    headers: Vec::new(),
+                };
+                let s = self.status(
+                    &m,
+                    StatusKind::Sent,
+                    None,
+                    Some(accepted.provider),
+                    Some(accepted.provider_message_id),
+                );
+                self.emit_all(vec![record, self.status_out(&s).await?])
+                    .await?;
+                ledger.insert(m.notification_id, expires_at);
+                Ok(())
+            }
+            Err(e) => {
+                let mut history: Vec<Attempt> = msg
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == ATTEMPTS_HEADER))
+                    .and_then(|h| h.value)
+                    .and_then(|v| serde_json::from_slice(v).ok())
+                    .unwrap_or_default();
+                history.push(Attempt::of(&e, m.attempt, now_ms()));
+                let history = serde_json::to_vec(&history).unwrap_or_default();
+                let mut outs = Vec::new();
+                let reason = Some(e.reason.clone());
+                let status = match self.config.deliver.retry.next(&m, &e, now_ms()) {
+                    Next::Retry {
+                        tier,
+                        not_before_ms,
+                    } => {
+                        let s = self.status(
+                            &m,
+                            StatusKind::RetryScheduled,
+                            reason,
+                            Some(e.provider),
+                            None,
+                        );
+                        m.attempt += 1;
+                        m.not_before = Some(not_before_ms);
+                        let topic = self
+                            .topology
+                            .named(&format!("{}.retry-{tier}", self.channel));
+                        let payload = self
+                            .codec
+                            .encode(&topic, &m)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        outs.push(Out {
+                            topic,
+                            partition: Some(msg.partition()),
+                            key: msg.key().map(<[u8]>::to_vec),
+                            payload: Some(payload),
+                            headers: vec![(ATTEMPTS_HEADER, history)],
+                        });
+                        DeliveryOutcome {
+                            channel: self.ch(),
+                            outcome: "retry_scheduled",
+                        }
+                        .emit();
+                        s
+                    }
+                    Next::DeadLetter => {
+                        DeadLettered {
+                            stage: "deliver",
+                            reason: "attempts_exhausted",
+                            topic: source.0,
+                            partition: source.1,
+                            offset: source.2,
+                        }
+                        .emit();
+                        let mut dlq = Out::dead_letter(
+                            self.topology
+                                .named(&format!("{}.dead-letter", self.channel)),
+                            source,
+                            msg.key(),
+                            msg.payload(),
+                            "attempts_exhausted",
+                            &e.to_string(),
+                        );
+                        dlq.headers.push((ATTEMPTS_HEADER, history));
+                        outs.push(dlq);
+                        DeliveryOutcome {
+                            channel: self.ch(),
+                            outcome: "dead_lettered",
+                        }
+                        .emit();
+                        self.status(&m, StatusKind::DeadLettered, reason, Some(e.provider), None)
+                    }
+                    Next::GiveUp => {
+                        let (kind, outcome) = if e.failure == crate::Failure::TokenInvalid {
+                            (StatusKind::TokenInvalid, "token_invalid")
+                        } else {
+                            (StatusKind::Failed, "failed")
+                        };
+                        DeliveryOutcome {
+                            channel: self.ch(),
+                            outcome,
+                        }
+                        .emit();
+                        self.status(&m, kind, reason, Some(e.provider), None)
+                    }
+                };
+                outs.push(self.status_out(&status).await?);
+                self.emit_all(outs).await
+            }
+        }
+    }
+}
+
+/// A partition's task and its queue.
+struct PartitionHandle {
+    tx: mpsc::UnboundedSender<OwnedMessage>,
+    queued: Arc<AtomicUsize>,
+    paused: Arc<AtomicBool>,
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn tpl_of(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
+}
+
+/// Which partition a task serves.
+struct Assigned {
+    topic: String,
+    partition: i32,
+    urgent_lane: bool,
+}
+
+async fn partition_task(
+    shared: Arc<Shared>,
+    assigned: Assigned,
+    mut rx: mpsc::UnboundedReceiver<OwnedMessage>,
+    queued: Arc<AtomicUsize>,
+    paused: Arc<AtomicBool>,
+    stop: Shutdown,
+) {
+    let Assigned {
+        topic,
+        partition,
+        urgent_lane,
+    } = assigned;
+    let ledger = match shared.ledger(partition).await {
+        Ok(l) => l,
+        Err(e) => {
+            shared.fail(format!("{e:#}"));
+            return;
+        }
+    };
+    let max = shared.config.deliver.max_in_flight;
+    let mut in_flight = FuturesOrdered::new();
+    loop {
+        let taking = in_flight.len() < max && !stop.is_triggered();
+        tokio::select! {
+            biased;
+            Some((offset, done)) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(why) = done {
+                    shared.fail(format!("{topic}/{partition}@{offset}: {why}"));
+                    return;
+                }
+                // Fails harmlessly when the partition was revoked meanwhile.
+                let _ = shared.consumer.store_offset(&topic, partition, offset);
+            }
+            next = rx.recv(), if taking => {
+                let Some(msg) = next else { break };
+                let left = queued.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+                if left < max && paused.swap(false, Ordering::SeqCst) {
+                    let _ = shared.consumer.resume(&tpl_of(&topic, partition));
+                }
+                let s = Arc::clone(&shared);
+                let l = Arc::clone(&ledger);
+                in_flight.push_back(
+                    async move {
+                        let done = s.deliver(&l, &msg).await;
+                        if urgent_lane {
+                            s.urgent_pending.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        (msg.offset(), done)
+                    }
+                    .boxed(),
+                );
+            }
+            () = stop.cancelled(), if in_flight.is_empty() => break,
+        }
+    }
+    // Stopped: what was not started is read again by the next owner.
+    while let Ok(_unstarted) = rx.try_recv() {
+        if urgent_lane {
+            shared.urgent_pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    while let Some((offset, done)) = in_flight.next().await {
+        if done.is_ok() {
+            let _ = shared.consumer.store_offset(&topic, partition, offset);
+        }
+    }
+}
+
+/// The topics a channel's worker reads: its lanes and retry tiers.
+pub fn input_topics(topology: &Topology, channel: Channel) -> Vec<String> {
+    Priority::ALL
+        .iter()
+        .map(|p| topology.lane(channel, *p))
+        .chain(
+            TIERS
+                .iter()
+                .map(|(tier, _)| topology.named(&format!("{channel}.retry-{tier}"))),
+        )
+        .collect()
+}
+
+/// Runs the worker of `config.deliver.channel` until `shutdown`, then
+/// finishes what is in flight, stores and commits its offsets.
+pub async fn run(
+    config: DeliverConfig,
+    shutdown: Shutdown,
+    admin: AdminState,
+) -> anyhow::Result<()> {
+    config.deliver.validate().map_err(anyhow::Error::msg)?;
+    let channel = config.deliver.channel().map_err(anyhow::Error::msg)?;
+    let group = config.deliver.group();
+    let topology = Topology::new(config.topics.clone());
+    let codec = config.codec.build().map_err(anyhow::Error::msg)?;
+    let routes = Routes::build(channel, &config.deliver).map_err(anyhow::Error::msg)?;
+    let limiters = config
+        .deliver
+        .rate_limits
+        .iter()
+        .map(|(label, l)| (label.clone(), TokenBucket::new(l.rate, l.burst)))
+        .collect();
+    for route in routes.all() {
+        BreakerChanged {
+            channel: channel.as_str(),
+            provider: &route.label,
+            state: "closed",
+        }
+        .emit();
+    }
+    let consumer = Arc::new(
+        config
+            .kafka
+            .consumer("deliver", &group, DeliverContext::default())?,
+    );
+    let topics = input_topics(&topology, channel);
+    let urgent_topic = topology.lane(channel, Priority::Urgent);
+    consumer
+        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
+        .context("subscribing to the channel's lanes and retry tiers")?;
+    let producer = config
+        .kafka
+        .producer("deliver", &ProducerKind::Idempotent)?;
+    let evict_every = config.deliver.ledger_evict_interval;
+    let shared = Arc::new(Shared {
+        channel,
+        consumer: Arc::clone(&consumer),
+        producer,
+        codec,
+        topology,
+        routes,
+        breakers: Mutex::new(HashMap::new()),
+        limiters,
+        config,
+        ledgers: tokio::sync::Mutex::new(HashMap::new()),
+        urgent_pending: AtomicUsize::new(0),
+        fatal: Mutex::new(None),
+    });
+    tracing::info!(%channel, %group, "Delivery worker started.");
+    admin.set_ready(true);
+    let high = shared.config.deliver.max_in_flight * 4;
+    let mut workers: HashMap<(String, i32), PartitionHandle> = HashMap::new();
+    let mut evict = tokio::time::interval(evict_every);
+    evict.tick().await;
+    let outcome: anyhow::Result<()> = async {
+        let mut stream = consumer.stream();
+        loop {
+            for key in lock(&consumer.context().revoked).drain(..) {
+                if let Some(h) = workers.remove(&key) {
+                    h.stop.trigger();
+                }
+            }
+            if let Some(why) = lock(&shared.fatal).clone() {
+                anyhow::bail!("delivery stopped: {why}");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = evict.tick() => shared.evict().await,
+                next = stream.next() => {
+                    let msg = match next {
+                        None => return Ok(()),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "Consumer error.");
+                            continue;
+                        }
+                        Some(Ok(m)) => m.detach(),
+                    };
+                    let key = (msg.topic().to_string(), msg.partition());
+                    let urgent_lane = key.0 == urgent_topic;
+                    let h = workers.entry(key.clone()).or_insert_with(|| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let queued = Arc::new(AtomicUsize::new(0));
+                        let paused = Arc::new(AtomicBool::new(false));
+                        let stop = Shutdown::new();
+                        let task = tokio::spawn(partition_task(
+                            Arc::clone(&shared),
+                            Assigned {
+                                topic: key.0.clone(),
+                                partition: key.1,
+                                urgent_lane,
+                            },
+                            rx,
+                            Arc::clone(&queued),
+                            Arc::clone(&paused),
+                            stop.clone(),
+                        ));
+                        PartitionHandle { tx, queued, paused, stop, task }
+                    });
+                    if urgent_lane {
+                        shared.urgent_pending.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let queued = h.queued.fetch_add(1, Ordering::SeqCst) + 1;
+                    if h.tx.send(msg).is_err() && urgent_lane {
+                        shared.urgent_pending.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    // A partition that cannot keep up (slow provider, open
+                    // breaker) stops fetching; the others go on.
+                    if queued > high && !h.paused.swap(true, Ordering::SeqCst) {
+                        let _ = consumer.pause(&tpl_of(&key.0, key.1));
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    admin.set_ready(false);
+    for h in workers.values() {
+        h.stop.trigger();
+    }
+    for (_, h) in workers.drain() {
+        drop(h.tx);
+        let _ = h.task.await;
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "Final commit.");
+    }
+    drop(shared);
+    outcome
+}
