@@ -317,3 +317,141 @@ async fn under_30_percent_errors_everything_arrives_with_bounded_attempts() {
         .iter()
         .all(|x| x.status != StatusKind::DeadLettered));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_after_is_honoured_and_permanent_or_stale_messages_are_not_retried() {
+    let s = setup("deliver-classes").await;
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    let (stopper, task) = start(s.config());
+
+    // 429 with Retry-After: 2 s, once.
+    s.sandbox.set_fault(
+        "webhook",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(429),
+            retry_after_s: Some(2),
+            ..Fault::default()
+        },
+    );
+    let limited = s.message(1);
+    s.produce(&producer, &limited).await;
+    let deadline = Instant::now() + WAIT;
+    while s
+        .sandbox
+        .counts()
+        .get("webhook")
+        .and_then(|c| c.get("429 injected"))
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "no 429 seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.sandbox.clear_fault("webhook");
+
+    // A deleted endpoint (410) and an expired message.
+    let mut gone = s.message(2);
+    gone.recipient.address = format!("http://{}/hooks/gone", s.bound.http);
+    s.produce(&producer, &gone).await;
+    let mut stale = s.message(3);
+    stale.expires_at = Some(now_ms() - 1_000);
+    s.produce(&producer, &stale).await;
+
+    s.wait_delivered(1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop(stopper, task).await;
+
+    let statuses = s.statuses().await;
+    let of = |id: &str, kind: StatusKind| {
+        statuses
+            .iter()
+            .filter(|x| x.notification_id.as_deref() == Some(id) && x.status == kind)
+            .collect::<Vec<_>>()
+    };
+    let retry = of(&limited.notification_id, StatusKind::RetryScheduled);
+    let sent = of(&limited.notification_id, StatusKind::Sent);
+    assert_eq!((retry.len(), sent.len()), (1, 1));
+    let waited = sent[0].occurred_at - retry[0].occurred_at;
+    assert!(
+        waited >= 1_900,
+        "Retry-After 2 s, retried after {waited} ms"
+    );
+    assert_eq!(sent[0].attempt, 2);
+
+    let invalid = of(&gone.notification_id, StatusKind::TokenInvalid);
+    assert_eq!(invalid.len(), 1, "{statuses:#?}");
+    assert_eq!(invalid[0].reason.as_deref(), Some("410"));
+    assert_eq!(
+        s.sandbox.counts()["webhook"]["410 endpoint deleted"],
+        1,
+        "not retried"
+    );
+
+    assert_eq!(of(&stale.notification_id, StatusKind::Stale).len(), 1);
+    assert!(s
+        .sandbox
+        .records(None, Some(&stale.notification_id))
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_60_second_outage_opens_the_breaker_and_loses_nothing() {
+    let s = setup("deliver-outage").await;
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    let mut config = s.config();
+    config.deliver.breaker.open_for = Duration::from_secs(2);
+    config.deliver.breaker.max_open_for = Duration::from_secs(8);
+    s.sandbox.set_fault(
+        "webhook",
+        Fault {
+            outage_s: Some(60),
+            ..Fault::default()
+        },
+    );
+    let started = Instant::now();
+    let (stopper, task) = start(config);
+    for n in 0..40 {
+        s.produce(&producer, &s.message(n)).await;
+    }
+    // During the outage the breaker opens: requests are probes, not a flood.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let open = herald_telemetry::Metrics::global()
+        .breaker_state
+        .with_label_values(&["webhook", "webhook", "open"])
+        .get()
+        + herald_telemetry::Metrics::global()
+            .breaker_state
+            .with_label_values(&["webhook", "webhook", "half_open"])
+            .get();
+    assert_eq!(open, 1, "the breaker is not closed during the outage");
+    let during = s.sandbox.counts()["webhook"]["503 injected"];
+    assert!(during <= 20, "{during} requests in 30 s of outage");
+    assert!(s.delivered().is_empty());
+
+    let seen = s.wait_delivered(40).await;
+    let took = started.elapsed();
+    assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
+    assert!(took >= Duration::from_secs(60), "{took:?}");
+    stop(stopper, task).await;
+    let injected = s.sandbox.counts()["webhook"]["503 injected"];
+    println!("60 s outage: {injected} requests refused, 40 delivered after {took:?}");
+    let statuses = s.statuses().await;
+    assert!(statuses
+        .iter()
+        .all(|x| x.status != StatusKind::DeadLettered));
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|x| x.status == StatusKind::Sent)
+            .count(),
+        40
+    );
+}
