@@ -4,9 +4,11 @@
 //!   (unless `kafka.bootstrap` is set), the topics, and every Herald stage.
 //! - `herald send` produces sample notifications to watch them flow.
 //! - `herald topics apply|describe` reconciles and shows the topic topology.
+//! - `herald dlq list|replay` shows a channel's dead letters and re-drives them.
 
 mod config;
 mod dev;
+mod dlq;
 mod send;
 mod topics;
 
@@ -50,6 +52,39 @@ enum Command {
         #[command(subcommand)]
         action: TopicsAction,
     },
+    /// A channel's dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List the dead letters (no addresses or tokens are printed).
+    List {
+        /// push, sms, email or webhook.
+        #[arg(long, value_parser = parse_channel)]
+        channel: herald_model::Channel,
+    },
+    /// Re-drive dead letters through the normal path (the ledger still
+    /// prevents a second send of anything delivered).
+    Replay {
+        /// push, sms, email or webhook.
+        #[arg(long, value_parser = parse_channel)]
+        channel: herald_model::Channel,
+        /// `partition:offset` of a dead letter (repeatable).
+        #[arg(long = "record", value_parser = dlq::parse_position, required_unless_present = "all")]
+        records: Vec<(i32, i64)>,
+        /// Every dead letter of the channel.
+        #[arg(long, conflicts_with = "records")]
+        all: bool,
+    },
+}
+
+fn parse_channel(s: &str) -> Result<herald_model::Channel, String> {
+    herald_model::Channel::parse(s)
+        .ok_or_else(|| format!("unknown channel {s:?}: push, sms, email or webhook"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +123,24 @@ async fn main() -> ExitCode {
         Command::Topics {
             action: TopicsAction::Describe,
         } => topics::describe(&config).await,
+        Command::Dlq {
+            action: DlqAction::List { channel },
+        } => dlq::list(&config, channel).await,
+        Command::Dlq {
+            action:
+                DlqAction::Replay {
+                    channel,
+                    records,
+                    all,
+                },
+        } => {
+            let selection = if all {
+                dlq::Selection::All
+            } else {
+                dlq::Selection::Some(records)
+            };
+            dlq::replay(&config, channel, selection).await
+        }
     };
     match result {
         Ok(code) => code,
