@@ -53,6 +53,10 @@ pub struct DevSettings {
     /// How often the in-process scaler observes the router's group.
     #[serde(with = "humantime_serde")]
     pub scaler_poll_interval: Duration,
+    /// The provider sandbox's HTTP listener (port 0: any free port).
+    pub sandbox_http: std::net::SocketAddr,
+    /// The provider sandbox's SMTP listener.
+    pub sandbox_smtp: std::net::SocketAddr,
 }
 
 impl Default for DevSettings {
@@ -61,6 +65,8 @@ impl Default for DevSettings {
             embedded_brokers: 1,
             drain: Duration::from_secs(10),
             scaler_poll_interval: Duration::from_secs(5),
+            sandbox_http: std::net::SocketAddr::from(([127, 0, 0, 1], 9700)),
+            sandbox_smtp: std::net::SocketAddr::from(([127, 0, 0, 1], 2525)),
         }
     }
 }

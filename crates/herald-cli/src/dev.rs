@@ -95,8 +95,23 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
             AdminState::new("scaler"),
         ),
     );
+    let (stack, sandbox_tasks) = crate::stack::start(&config, supervisor.shutdown()).await?;
+    for (i, task) in sandbox_tasks.into_iter().enumerate() {
+        supervisor.spawn(format!("sandbox-{i}"), async move { Ok(task.await??) });
+    }
     println!(
-        "stages     router (group {}), scaler (http://{admin_addr}/scale/{}); delivery workers and tracker join as they land",
+        "sandbox    http://{}/sandbox/messages  smtp {}  (APNs, FCM, Twilio, webhooks, SMTP)",
+        stack.bound.http, stack.bound.smtp
+    );
+    for worker in stack.workers.clone() {
+        let channel = worker.deliver.channel.map_or("?", |c| c.as_str());
+        supervisor.spawn(
+            format!("deliver-{channel}"),
+            herald_deliver::run(worker, supervisor.shutdown(), AdminState::new("deliver")),
+        );
+    }
+    println!(
+        "stages     router (group {}), deliver (push, sms, email, webhook), scaler (http://{admin_addr}/scale/{}); tracker joins when it lands",
         config.router.group, config.router.group
     );
     println!(
@@ -108,6 +123,7 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
 
     let outcome = supervisor.run(true).await?;
     admin_state.set_ready(false);
+    drop(stack);
     drop(embedded);
     match outcome {
         Outcome::Clean => {

@@ -10,6 +10,7 @@ mod config;
 mod dev;
 mod dlq;
 mod send;
+mod stack;
 mod topics;
 
 use std::path::PathBuf;

@@ -48,6 +48,8 @@ async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
         .env("HERALD__TOPICS__PARTITIONS", "3")
         .env("HERALD__TOPICS__CHANNEL_PARTITIONS", "2")
         .env("HERALD__DEV__SCALER_POLL_INTERVAL", "500ms")
+        .env("HERALD__DEV__SANDBOX_HTTP", "127.0.0.1:0")
+        .env("HERALD__DEV__SANDBOX_SMTP", "127.0.0.1:0")
         .env_remove("HERALD__KAFKA__BOOTSTRAP")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -137,6 +139,24 @@ async fn herald_dev_serves_the_stack_and_stops_cleanly_on_ctrl_c() {
         vec!["order-0", "order-1", "order-2"],
         "each event once, duplicates suppressed"
     );
+
+    // The delivery workers took them to the sandbox: three APNs pushes and
+    // three emails, one per unique event.
+    let sandbox = field(&lines, "sandbox")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = http_get(&sandbox, "/sandbox/counts");
+        if body.contains(r#""apns":{"accepted":3}"#) && body.contains(r#""smtp":{"accepted":3}"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // The in-process scaler watches the router's group: it has read the
     // group's committed offsets and serves its signal.

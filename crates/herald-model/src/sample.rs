@@ -34,7 +34,7 @@ pub fn notification(n: u64, now_ms: i64) -> NotificationRequested {
         template: None,
         recipients: Recipients {
             devices: vec![Device {
-                token: format!("device-token-{n}"),
+                token: format!("{n:064x}"),
                 platform: DevicePlatform::Apns,
             }],
             phone: Some("+15555550100".into()),
@@ -61,7 +61,7 @@ pub fn channel_message(n: u64, now_ms: i64) -> ChannelMessage {
         priority: Priority::Urgent,
         channel: Channel::Push,
         recipient: Recipient {
-            address: format!("device-token-{n}"),
+            address: format!("{n:064x}"),
             platform: Some(DevicePlatform::Fcm),
         },
         content: RenderedContent {
