@@ -33,3 +33,5 @@ bench: nisshi ## Benchmarks; paste the tables into BENCHMARKS.md with commit and
 	$(CARGO) run -q --release -p herald-router --example dedup_memory
 	$(CARGO) run -q --release -p herald-router --example router_throughput
 	$(CARGO) run -q --release -p herald-scaler --example scaling_sim
+	$(CARGO) build -q --release -p herald-deliver --bin herald-deliver
+	$(CARGO) run -q --release -p herald-deliver --example deliver_throughput

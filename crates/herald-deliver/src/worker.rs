@@ -147,7 +147,7 @@ struct Shared {
     breakers: Mutex<HashMap<String, Breaker>>,
     limiters: HashMap<String, TokenBucket>,
     config: DeliverConfig,
-    ledgers: tokio::sync::Mutex<HashMap<i32, Arc<Ledger>>>,
+    ledgers: Mutex<HashMap<i32, Arc<tokio::sync::OnceCell<Arc<Ledger>>>>>,
     urgent_pending: AtomicUsize,
     fatal: Mutex<Option<String>>,
 }
@@ -165,12 +165,17 @@ impl Shared {
         self.topology.named(&format!("{}.ledger", self.channel))
     }
 
-    /// The ledger of `partition`, restored from the ledger topic on first use.
+    /// The ledger of `partition`, restored from the ledger topic on first
+    /// use (partitions restore concurrently; a second caller waits for the
+    /// first's restore).
     async fn ledger(&self, partition: i32) -> anyhow::Result<Arc<Ledger>> {
-        let mut ledgers = self.ledgers.lock().await;
-        if let Some(l) = ledgers.get(&partition) {
-            return Ok(Arc::clone(l));
-        }
+        let cell = Arc::clone(lock(&self.ledgers).entry(partition).or_default());
+        cell.get_or_try_init(|| self.restore_ledger(partition))
+            .await
+            .map(Arc::clone)
+    }
+
+    async fn restore_ledger(&self, partition: i32) -> anyhow::Result<Arc<Ledger>> {
         let ledger = Arc::new(Ledger::default());
         let topic = self.ledger_topic();
         let now = now_ms();
@@ -206,7 +211,6 @@ impl Shared {
             undecodable,
             "Ledger restored."
         );
-        ledgers.insert(partition, Arc::clone(&ledger));
         Ok(ledger)
     }
 
@@ -214,12 +218,9 @@ impl Shared {
     async fn evict(&self) {
         let now = now_ms();
         let topic = self.ledger_topic();
-        let ledgers: Vec<(i32, Arc<Ledger>)> = self
-            .ledgers
-            .lock()
-            .await
+        let ledgers: Vec<(i32, Arc<Ledger>)> = lock(&self.ledgers)
             .iter()
-            .map(|(p, l)| (*p, Arc::clone(l)))
+            .filter_map(|(p, cell)| cell.get().map(|l| (*p, Arc::clone(l))))
             .collect();
         for (p, ledger) in ledgers {
             for id in ledger.take_expired(now) {
@@ -579,6 +580,13 @@ impl Shared {
     }
 }
 
+/// Messages queued for a partition before it stops fetching; it fetches
+/// again below half. Pausing purges librdkafka's prefetched messages and
+/// resuming waits for a new fetch, so the band is wide.
+fn queue_high(max_in_flight: usize) -> usize {
+    max_in_flight * 64
+}
+
 /// A partition's task and its queue.
 struct PartitionHandle {
     tx: mpsc::UnboundedSender<OwnedMessage>,
@@ -638,7 +646,7 @@ async fn partition_task(
             next = rx.recv(), if taking => {
                 let Some(msg) = next else { break };
                 let left = queued.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-                if left < max && paused.swap(false, Ordering::SeqCst) {
+                if left < queue_high(max) / 2 && paused.swap(false, Ordering::SeqCst) {
                     let _ = shared.consumer.resume(&tpl_of(&topic, partition));
                 }
                 let s = Arc::clone(&shared);
@@ -734,13 +742,13 @@ pub async fn run(
         breakers: Mutex::new(HashMap::new()),
         limiters,
         config,
-        ledgers: tokio::sync::Mutex::new(HashMap::new()),
+        ledgers: Mutex::new(HashMap::new()),
         urgent_pending: AtomicUsize::new(0),
         fatal: Mutex::new(None),
     });
     tracing::info!(%channel, %group, "Delivery worker started.");
     admin.set_ready(true);
-    let high = shared.config.deliver.max_in_flight * 4;
+    let high = queue_high(shared.config.deliver.max_in_flight);
     let mut workers: HashMap<(String, i32), PartitionHandle> = HashMap::new();
     let mut evict = tokio::time::interval(evict_every);
     evict.tick().await;

@@ -1,192 +1,25 @@
 //! The webhook worker on the local broker, delivering to the sandbox:
 //! every message once, a poison record dead-lettered, a replay not sent
-//! again, and under 30% provider errors everything delivered with bounded
-//! attempts through the retry tiers.
+//! again, Retry-After, permanent failures and stale messages, and under
+//! 30% provider errors everything delivered with bounded attempts through
+//! the retry tiers.
 
 // Tests fail loudly on unexpected errors: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+mod common;
+
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use herald_codec::Codec;
-use herald_deliver::providers::webhook::WebhookSettings;
-use herald_deliver::retry::RetrySettings;
-use herald_deliver::{DeliverConfig, DeliverSettings};
+use common::{now_ms, setup, start, stop, WAIT};
 use herald_kafka::settings::ProducerKind;
-use herald_kafka::Topology;
-use herald_model::secret::Secret;
-use herald_model::wire::{ChannelMessage, DeliveryStatus};
-use herald_model::{sample, Channel, Priority, StatusKind};
-use herald_sandbox::{Bound, Fault, Sandbox, SandboxSettings};
-use herald_telemetry::shutdown::Shutdown;
-use herald_telemetry::AdminState;
-use herald_testkit::{BrokerKind, TestBroker};
+use herald_model::wire::ChannelMessage;
+use herald_model::{Channel, Priority, StatusKind};
+use herald_sandbox::Fault;
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Setup {
-    broker: TestBroker,
-    topology: Topology,
-    sandbox: Arc<Sandbox>,
-    bound: Bound,
-    secret: String,
-    _sandbox_stop: Shutdown,
-}
-
-async fn setup(base: &str) -> Setup {
-    let broker = TestBroker::start(BrokerKind::Fast);
-    let topology = broker.herald_topology(base, 2, 2).await;
-    let mut key = [0u8; 32];
-    openssl::rand::rand_bytes(&mut key).unwrap();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    );
-    let sandbox = Sandbox::new(SandboxSettings {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        smtp_listen: "127.0.0.1:0".parse().unwrap(),
-        webhook_secret: secret.clone(),
-        ..SandboxSettings::default()
-    });
-    let stop = Shutdown::new();
-    let (bound, _) = herald_sandbox::start(sandbox.clone(), stop.clone())
-        .await
-        .unwrap();
-    Setup {
-        broker,
-        topology,
-        sandbox,
-        bound,
-        secret,
-        _sandbox_stop: stop,
-    }
-}
-
-impl Setup {
-    fn config(&self) -> DeliverConfig {
-        DeliverConfig {
-            kafka: self.broker.settings(),
-            topics: self.topology.settings().clone(),
-            deliver: DeliverSettings {
-                channel: Some(Channel::Webhook),
-                group: Some(self.broker.group("deliver")),
-                max_in_flight: 8,
-                retry: RetrySettings {
-                    max_attempts: 6,
-                    base_delay: Duration::from_millis(100),
-                    max_delay: Duration::from_millis(800),
-                    jitter: 0.2,
-                },
-                webhook: Some(WebhookSettings {
-                    secret: Secret::new(self.secret.clone()),
-                    allowed_hosts: vec!["127.0.0.1".into()],
-                    timeout: Duration::from_secs(5),
-                }),
-                ..DeliverSettings::default()
-            },
-            ..DeliverConfig::default()
-        }
-    }
-
-    fn message(&self, n: u64) -> ChannelMessage {
-        let mut m = sample::channel_message(n, now_ms());
-        m.channel = Channel::Webhook;
-        m.recipient.address = format!("http://{}/hooks/orders", self.bound.http);
-        m.recipient.platform = None;
-        m.priority = [Priority::Urgent, Priority::Normal, Priority::Bulk][(n % 3) as usize];
-        m.not_before = None;
-        m.content.body = format!(r#"{{"order":{n}}}"#);
-        m
-    }
-
-    async fn produce(&self, producer: &FutureProducer, m: &ChannelMessage) {
-        let topic = self.topology.lane(Channel::Webhook, m.priority);
-        let bytes = Codec::single_object().encode(&topic, m).await.unwrap();
-        producer
-            .send(
-                FutureRecord::to(&topic).key(&m.user_id).payload(&bytes),
-                Timeout::After(WAIT),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Accepted webhook deliveries per notification id.
-    fn delivered(&self) -> HashMap<String, usize> {
-        let mut seen = HashMap::new();
-        for r in self.sandbox.records(Some("webhook"), None) {
-            *seen.entry(r.notification_id.unwrap()).or_default() += 1;
-        }
-        seen
-    }
-
-    async fn wait_delivered(&self, n: usize) -> HashMap<String, usize> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let seen = self.delivered();
-            if seen.len() >= n {
-                return seen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} delivered; sandbox {:?}",
-                seen.len(),
-                self.sandbox.counts()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn statuses(&self) -> Vec<DeliveryStatus> {
-        let codec = Codec::single_object();
-        let mut out = Vec::new();
-        for m in self
-            .broker
-            .read_all(&self.topology.named("status"), 2, Duration::from_secs(3))
-            .await
-        {
-            out.push(
-                codec
-                    .decode::<DeliveryStatus>(m.payload().unwrap())
-                    .await
-                    .unwrap(),
-            );
-        }
-        out
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn start(config: DeliverConfig) -> (Shutdown, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let stop = Shutdown::new();
-    let task = tokio::spawn(herald_deliver::run(
-        config,
-        stop.clone(),
-        AdminState::new("deliver"),
-    ));
-    (stop, task)
-}
-
-async fn stop(s: Shutdown, task: tokio::task::JoinHandle<anyhow::Result<()>>) {
-    s.trigger();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("worker stops")
-        .unwrap()
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivers_each_message_once_dead_letters_poison_and_skips_a_replay() {
@@ -396,62 +229,4 @@ async fn retry_after_is_honoured_and_permanent_or_stale_messages_are_not_retried
         .sandbox
         .records(None, Some(&stale.notification_id))
         .is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_60_second_outage_opens_the_breaker_and_loses_nothing() {
-    let s = setup("deliver-outage").await;
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
-    let mut config = s.config();
-    config.deliver.breaker.open_for = Duration::from_secs(2);
-    config.deliver.breaker.max_open_for = Duration::from_secs(8);
-    s.sandbox.set_fault(
-        "webhook",
-        Fault {
-            outage_s: Some(60),
-            ..Fault::default()
-        },
-    );
-    let started = Instant::now();
-    let (stopper, task) = start(config);
-    for n in 0..40 {
-        s.produce(&producer, &s.message(n)).await;
-    }
-    // During the outage the breaker opens: requests are probes, not a flood.
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let open = herald_telemetry::Metrics::global()
-        .breaker_state
-        .with_label_values(&["webhook", "webhook", "open"])
-        .get()
-        + herald_telemetry::Metrics::global()
-            .breaker_state
-            .with_label_values(&["webhook", "webhook", "half_open"])
-            .get();
-    assert_eq!(open, 1, "the breaker is not closed during the outage");
-    let during = s.sandbox.counts()["webhook"]["503 injected"];
-    assert!(during <= 20, "{during} requests in 30 s of outage");
-    assert!(s.delivered().is_empty());
-
-    let seen = s.wait_delivered(40).await;
-    let took = started.elapsed();
-    assert!(seen.values().all(|n| *n == 1), "each once: {seen:?}");
-    assert!(took >= Duration::from_secs(60), "{took:?}");
-    stop(stopper, task).await;
-    let injected = s.sandbox.counts()["webhook"]["503 injected"];
-    println!("60 s outage: {injected} requests refused, 40 delivered after {took:?}");
-    let statuses = s.statuses().await;
-    assert!(statuses
-        .iter()
-        .all(|x| x.status != StatusKind::DeadLettered));
-    assert_eq!(
-        statuses
-            .iter()
-            .filter(|x| x.status == StatusKind::Sent)
-            .count(),
-        40
-    );
 }
