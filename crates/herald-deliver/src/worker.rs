@@ -271,7 +271,8 @@ impl Shared {
     /// Sends `m` through its routes: breaker permit (waiting while the
     /// last usable route is open), rate limit, failover on a retryable
     /// failure when another route is left.
-    async fn attempt(&self, m: &ChannelMessage) -> Result<Accepted, SendError> {
+    /// Returns the route label that accepted it and the provider's answer.
+    async fn attempt(&self, m: &ChannelMessage) -> Result<(String, Accepted), SendError> {
         let routes = self.routes.for_message(m);
         let Some(last) = routes.len().checked_sub(1) else {
             return Err(SendError::permanent("none", "no_provider_for_recipient"));
@@ -318,7 +319,7 @@ impl Shared {
             }
             .emit();
             match result {
-                Ok(a) => return Ok(a),
+                Ok(a) => return Ok((route.label.clone(), a)),
                 Err(e) if e.failure.retry() && i < last => failed = Some(e),
                 Err(e) => return Err(e),
             }
@@ -451,12 +452,12 @@ impl Shared {
         let result = self.attempt(&m).await;
         gauge.dec();
         match result {
-            Ok(accepted) => {
+            Ok((route, accepted)) => {
                 let now = now_ms();
                 let expires_at = now + self.config.deliver.ledger_retention.as_millis() as i64;
                 let entry = LedgerEntry {
                     delivered_at: now,
-                    provider: accepted.provider.to_string(),
+                    provider: route.clone(),
                     provider_message_id: accepted.provider_message_id.clone(),
                     expires_at,
                 };
@@ -477,7 +478,7 @@ impl Shared {
                     &m,
                     StatusKind::Sent,
                     None,
-                    Some(accepted.provider),
+                    Some(route.as_str()),
                     Some(accepted.provider_message_id),
                 );
                 self.emit_all(vec![record, self.status_out(&s).await?])
