@@ -570,7 +570,26 @@ async fn webhooks_are_signed_per_standard_webhooks() {
             "{url}"
         );
     }
-    assert_eq!(env.sandbox.records(Some("webhook"), None).len(), 1);
+    // A connection dropped mid-request is retryable; then it works again.
+    env.sandbox.set_fault(
+        "webhook",
+        Fault {
+            reset_rate: 1.0,
+            ..Fault::default()
+        },
+    );
+    let url = format!("{}/hooks/orders", env.http());
+    let e = hook
+        .send(&message(34, Channel::Webhook, &url))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::Retryable, None), "{e}");
+    assert_eq!(env.sandbox.counts()["webhook"]["reset"], 1);
+    env.sandbox.clear_fault("webhook");
+    hook.send(&message(35, Channel::Webhook, &url))
+        .await
+        .unwrap();
+    assert_eq!(env.sandbox.records(Some("webhook"), None).len(), 2);
 }
 
 #[tokio::test]
@@ -628,5 +647,17 @@ async fn email_goes_over_smtp_as_multipart_with_list_unsubscribe() {
         .await
         .unwrap_err();
     assert_eq!((e.failure, e.status), (Failure::Retryable, Some(451)));
+    env.sandbox.set_fault(
+        "smtp",
+        Fault {
+            reset_rate: 1.0,
+            ..Fault::default()
+        },
+    );
+    let e = email
+        .send(&message(44, Channel::Email, "ana@example.test"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.failure, Failure::Retryable, "{e}");
     assert_eq!(env.sandbox.records(Some("smtp"), None).len(), 1);
 }

@@ -23,6 +23,9 @@ pub struct Fault {
     pub timeout_rate: f64,
     /// An outage starting now: every request gets 503 for this long, s.
     pub outage_s: Option<u64>,
+    /// Share of requests whose connection is dropped before any answer
+    /// (HTTP: the connection closes mid-request; SMTP: at MAIL).
+    pub reset_rate: f64,
 }
 
 impl Fault {
@@ -85,6 +88,7 @@ pub enum Outcome {
 pub struct Active {
     fault: Fault,
     seen: u64,
+    resets_seen: u64,
     outage_until_ms: Option<i64>,
 }
 
@@ -95,8 +99,18 @@ impl Active {
         Self {
             fault,
             seen: 0,
+            resets_seen: 0,
             outage_until_ms,
         }
+    }
+
+    /// Whether the next request's connection is dropped (counted apart
+    /// from the other faults: it is decided before the request is read).
+    pub fn reset(&mut self) -> bool {
+        let n = self.resets_seen;
+        self.resets_seen += 1;
+        let rate = self.fault.reset_rate;
+        ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
     }
 
     /// The next request's fate.

@@ -246,6 +246,19 @@ impl Sandbox {
         lock(&self.faults).clear();
     }
 
+    /// Whether `provider`'s fault drops the next connection.
+    pub fn drops_connection(&self, provider: &str) -> bool {
+        let reset = lock(&self.faults)
+            .get_mut(provider)
+            .is_some_and(faults::Active::reset);
+        if reset {
+            if let Some(p) = PROVIDERS.iter().find(|p| **p == provider) {
+                self.count(p, "reset");
+            }
+        }
+        reset
+    }
+
     /// What the fault of `provider` does to the next request (latency
     /// first, then an error or a hang), counted.
     pub async fn fault(&self, provider: &'static str) -> Decision {
@@ -393,12 +406,7 @@ pub async fn start(
         smtp: smtp.local_addr()?,
     };
     let app = routes(sandbox.clone());
-    let stop = shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let http_task = tokio::spawn(serve_http(http, app, sandbox.clone(), shutdown.clone()));
     let smtp_task = tokio::spawn(smtp::serve(smtp, sandbox, shutdown));
     Ok((bound, vec![http_task, smtp_task]))
 }
@@ -444,4 +452,64 @@ pub(crate) fn reject(
 ) -> Response {
     sandbox.count(provider, &format!("{} {reason}", status.as_u16()));
     (status, Json(body)).into_response()
+}
+
+/// The provider a request path belongs to (for connection faults).
+fn provider_of(path: &str) -> Option<&'static str> {
+    if path.starts_with("/3/device/") {
+        Some("apns")
+    } else if path == "/token" || path.starts_with("/v1/projects/") {
+        Some("fcm")
+    } else if path.starts_with("/2010-04-01/") {
+        Some("twilio")
+    } else if path.starts_with("/hooks/") {
+        Some("webhook")
+    } else {
+        None
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener`; a request
+/// whose provider's fault says reset ends its connection without an answer.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    sandbox: Arc<Sandbox>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt as _;
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
+        let (app, sandbox, stop) = (app.clone(), sandbox.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    let reset =
+                        provider_of(req.uri().path()).is_some_and(|p| sandbox.drops_connection(p));
+                    async move {
+                        if reset {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::ConnectionReset,
+                                "injected reset",
+                            ));
+                        }
+                        Ok(app
+                            .oneshot(req.map(axum::body::Body::new))
+                            .await
+                            .unwrap_or_else(|e| match e {}))
+                    }
+                });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
 }

@@ -93,6 +93,8 @@ async fn session(stream: TcpStream, sandbox: Arc<Sandbox>) -> std::io::Result<()
             if !authed {
                 sandbox.count("smtp", "530 auth required");
                 "530 5.7.0 Authentication required\r\n".into()
+            } else if sandbox.drops_connection("smtp") {
+                return Ok(());
             } else {
                 match sandbox.fault("smtp").await.outcome {
                     Outcome::Pass => {
