@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use herald_deliver::providers::apns::{Apns, ApnsSettings};
-use herald_deliver::providers::email::{Email, EmailSettings, Tls};
+use herald_deliver::providers::email::{Email, EmailSettings, Tls, TrackingSettings};
 use herald_deliver::providers::fcm::{Fcm, FcmSettings};
 use herald_deliver::providers::twilio::{Twilio, TwilioSettings};
 use herald_deliver::providers::webhook::{Webhook, WebhookSettings};
@@ -66,6 +66,7 @@ const KEY_ID: &str = "KEY1234567";
 const PROJECT: &str = "herald-test";
 const CLIENT: &str = "herald@herald-test.iam.gserviceaccount.com";
 const SID: &str = "AC00000000000000000000000000000001";
+const TRACKING_KEY: &str = "tracking-key-for-this-test";
 
 struct Env {
     keys: Keys,
@@ -167,6 +168,12 @@ impl Env {
             from: "Herald <noreply@herald.test>".into(),
             list_unsubscribe: Some("https://herald.test/u/{notification_id}".into()),
             timeout: Duration::from_secs(5),
+            tracking: Some(TrackingSettings {
+                base_url: "https://track.herald.test".into(),
+                key: Secret::new(TRACKING_KEY),
+                opens: true,
+                clicks: true,
+            }),
         })
         .unwrap()
     }
@@ -598,7 +605,9 @@ async fn email_goes_over_smtp_as_multipart_with_list_unsubscribe() {
     let email = env.email();
     let mut m = message(40, Channel::Email, "ana@example.test");
     m.content.subject = Some("Your receipt".into());
-    m.content.html = Some("<p>Order 40 is confirmed</p>".into());
+    m.content.html = Some(
+        r#"<html><body><p>Order 40 is <a href="https://shop.example/orders/40">confirmed</a></p></body></html>"#.into(),
+    );
     let accepted = email.send(&m).await.unwrap();
     let r = env.only("smtp", &m.notification_id);
     assert_eq!(accepted.provider_message_id, r.provider_message_id);
@@ -623,6 +632,21 @@ async fn email_goes_over_smtp_as_multipart_with_list_unsubscribe() {
         data.contains("Order 40 is confirmed") && data.contains("text/html"),
         "{data}"
     );
+    // The HTML part carries a signed open pixel and a signed tracked link
+    // (quoted-printable soft line breaks undone first).
+    let html = data.replace("=\r\n", "").replace("=3D", "=");
+    let key = TRACKING_KEY.as_bytes();
+    let id = &m.notification_id;
+    let open = herald_model::tracking::open_url("https://track.herald.test", key, id);
+    assert!(html.contains(&open), "{html}");
+    let click = herald_model::tracking::click_url(
+        "https://track.herald.test",
+        key,
+        id,
+        "https://shop.example/orders/40",
+    );
+    assert!(html.contains(&click.replace('&', "&amp;")), "{html}");
+    assert!(!html.contains(r#"href="https://shop.example"#), "{html}");
 
     let e = email
         .send(&message(41, Channel::Email, "nobody@invalid.test"))

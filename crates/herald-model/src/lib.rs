@@ -11,6 +11,7 @@ pub mod ids;
 pub mod kinds;
 pub mod sample;
 pub mod secret;
+pub mod tracking;
 pub mod validate;
 pub mod wire;
 

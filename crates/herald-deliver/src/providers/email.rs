@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use herald_model::secret::Secret;
+use herald_model::tracking;
 use herald_model::wire::ChannelMessage;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -61,6 +62,67 @@ pub struct EmailSettings {
     /// Timeout of each SMTP command.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Open and click tracking through the tracker, when set.
+    #[serde(default)]
+    pub tracking: Option<TrackingSettings>,
+}
+
+/// `[deliver.email.tracking]`: signed URLs served by the tracker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingSettings {
+    /// The tracker's public base URL.
+    pub base_url: String,
+    /// Signing key, shared with the tracker.
+    pub key: Secret,
+    /// Add an open pixel to HTML bodies.
+    #[serde(default = "yes")]
+    pub opens: bool,
+    /// Rewrite http(s) links of HTML bodies through the tracker.
+    #[serde(default = "yes")]
+    pub clicks: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The HTML with its http(s) `href="..."` links rewritten by `rewrite` (the
+/// original URL given unescaped; the result escaped for the attribute).
+pub fn rewrite_links(html: &str, rewrite: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(html.len() + 64);
+    let mut rest = html;
+    loop {
+        let Some(at) = rest.to_ascii_lowercase().find("href=\"") else {
+            out.push_str(rest);
+            return out;
+        };
+        let start = at + 6;
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('"') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let url = rest[start..start + len].replace("&amp;", "&");
+        if url.starts_with("http://") || url.starts_with("https://") {
+            out.push_str(&rewrite(&url).replace('&', "&amp;").replace('"', "%22"));
+        } else {
+            out.push_str(&rest[start..start + len]);
+        }
+        rest = &rest[start + len..];
+    }
+}
+
+/// The HTML with a 1x1 image before `</body>` (or at the end).
+pub fn add_pixel(html: &str, url: &str) -> String {
+    let img = format!(
+        r#"<img src="{}" width="1" height="1" alt="" style="display:none">"#,
+        url.replace('&', "&amp;")
+    );
+    match html.to_ascii_lowercase().rfind("</body>") {
+        Some(at) => format!("{}{img}{}", &html[..at], &html[at..]),
+        None => format!("{html}{img}"),
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -138,11 +200,25 @@ impl Email {
                 ));
             }
         }
-        let built = match c.html.as_deref().filter(|h| !h.is_empty()) {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
-                c.body.clone(),
-                html.to_string(),
-            )),
+        let html = c.html.as_deref().filter(|h| !h.is_empty()).map(|h| {
+            let Some(t) = &self.settings.tracking else {
+                return h.to_string();
+            };
+            let key = t.key.expose().as_bytes();
+            let id = &m.notification_id;
+            let mut html = h.to_string();
+            if t.clicks {
+                html = rewrite_links(&html, |url| tracking::click_url(&t.base_url, key, id, url));
+            }
+            if t.opens {
+                html = add_pixel(&html, &tracking::open_url(&t.base_url, key, id));
+            }
+            html
+        });
+        let built = match html {
+            Some(html) => {
+                builder.multipart(MultiPart::alternative_plain_html(c.body.clone(), html))
+            }
             None => builder.singlepart(SinglePart::plain(c.body.clone())),
         };
         built.map_err(|_| SendError::permanent(NAME, "message_build"))
@@ -209,5 +285,28 @@ impl Provider for Email {
         message: &'a ChannelMessage,
     ) -> BoxFuture<'a, Result<Accepted, SendError>> {
         Box::pin(self.send_one(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_rewritten_and_a_pixel_added() {
+        let html = r#"<p><a href="https://shop.example/a?b=1&amp;c=2">Order</a> <a HREF="mailto:x@y">mail</a></p></body>"#;
+        let out = rewrite_links(html, |u| format!("https://t.example/c?u={u}"));
+        assert!(
+            out.contains(r#"href="https://t.example/c?u=https://shop.example/a?b=1&amp;c=2""#),
+            "{out}"
+        );
+        assert!(out.contains(r#"HREF="mailto:x@y""#), "{out}");
+        let with = add_pixel(&out, "https://t.example/o/n?s=x");
+        assert!(with.ends_with(r#"style="display:none"></body>"#), "{with}");
+        assert_eq!(rewrite_links("no links", |u| u.into()), "no links");
+        assert_eq!(
+            rewrite_links(r#"<a href="unterminated"#, |u| u.into()),
+            r#"<a href="unterminated"#
+        );
     }
 }
