@@ -271,9 +271,10 @@ class MetricNames(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "dump-configs":
+    if len(sys.argv) >= 3 and sys.argv[1] == "dump-configs":
         os.makedirs(sys.argv[2], exist_ok=True)
-        for name, text in stage_configs().items():
+        values = {"sandbox": {"enabled": True}} if "sandbox" in sys.argv[3:] else None
+        for name, text in stage_configs(values).items():
             with open(os.path.join(sys.argv[2], name), "w") as f:
                 f.write(text)
         sys.exit(0)

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use herald_deliver::DeliverConfig;
 use herald_router::RouterConfig;
+use herald_sandbox::SandboxConfig;
 use herald_scaler::ScalerConfig;
 use herald_telemetry::{load_config, ConfigSource};
 
@@ -65,7 +67,8 @@ fn the_binaries_accept_the_config_the_chart_renders() {
     let mut cmd = Command::new(python());
     cmd.arg(deploy().join("tests/test_chart.py"))
         .arg("dump-configs")
-        .arg(dir.path());
+        .arg(dir.path())
+        .arg("sandbox");
     run(cmd, "rendering the chart's config files");
     let source = |name: &str| ConfigSource {
         file: Some(dir.path().join(name)),

@@ -15,6 +15,7 @@
 //! - `GET /sandbox/counts`
 //! - `PUT /sandbox/faults/{provider}` with a [`Fault`], `DELETE` to clear
 //! - `POST /sandbox/reset`
+//! - `GET /healthz`, `GET /readyz` (for probes)
 
 pub mod apns;
 pub mod faults;
@@ -311,6 +312,8 @@ pub fn routes(sandbox: Arc<Sandbox>) -> Router {
             put(set_fault).delete(clear_fault),
         )
         .route("/sandbox/reset", post(reset))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
         .with_state(sandbox)
 }
 

@@ -58,7 +58,7 @@ The stages to deploy, as a JSON list of
 {{- $stages = append $stages (dict "name" "scaler" "binary" "herald-scaler" "args" (list) "section" "scaler" "scaled" false "values" $v.scaler) -}}
 {{- end -}}
 {{- if $v.sandbox.enabled -}}
-{{- $stages = append $stages (dict "name" "sandbox" "binary" "herald-sandbox" "args" (list) "section" "" "scaled" false "values" $v.sandbox) -}}
+{{- $stages = append $stages (dict "name" "sandbox" "binary" "herald-sandbox" "args" (list) "section" "sandbox" "sectionValues" (dict "http_listen" (printf "0.0.0.0:%d" (int $v.adminPort)) "smtp_listen" "0.0.0.0:2525") "scaled" false "values" $v.sandbox) -}}
 {{- end -}}
 {{- toJson $stages -}}
 {{- end -}}
@@ -96,7 +96,9 @@ helpers write whole numbers as integers.
 {{- $v := .root.Values -}}
 {{- $stage := .stage -}}
 {{- $sections := dict "kafka" (deepCopy $v.kafka) "log" (deepCopy $v.config.log) "admin" (dict "listen" (printf "0.0.0.0:%d" (int $v.adminPort))) -}}
-{{- if ne $stage.name "scaler" -}}
+{{- if eq $stage.name "sandbox" -}}
+{{- $sections = dict "log" (deepCopy $v.config.log) -}}
+{{- else if ne $stage.name "scaler" -}}
 {{- $_ := set $sections "topics" (deepCopy $v.config.topics) -}}
 {{- $_ := set $sections "codec" (deepCopy $v.config.codec) -}}
 {{- end -}}
