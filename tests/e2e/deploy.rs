@@ -107,4 +107,15 @@ fn the_binaries_accept_the_config_the_chart_renders() {
             .latency_objective_s,
         120.0
     );
+
+    // Provider credentials come from the operator's values; the rest of
+    // each worker's file is what the binary reads.
+    for channel in ["push", "sms", "email", "webhook"] {
+        let file = format!("deliver-{channel}.toml");
+        let deliver: DeliverConfig = load_config(&source(&file)).unwrap();
+        assert_eq!(deliver.deliver.group(), format!("herald-deliver-{channel}"));
+        assert_eq!(deliver.topics.prefix, "herald");
+    }
+    let sandbox: SandboxConfig = load_config(&source("sandbox.toml")).unwrap();
+    assert_eq!(sandbox.sandbox.http_listen.port(), 9600);
 }
