@@ -63,7 +63,9 @@ async fn main() -> ExitCode {
     supervisor.spawn("deliver", herald_deliver::run(config, shutdown, admin));
     match supervisor.run(true).await {
         Ok(herald_telemetry::Outcome::Clean) => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
+        Ok(herald_telemetry::Outcome::Abandoned { running }) => {
+            herald_telemetry::shutdown::exit_abandoned("deliver", running)
+        }
         Err(e) => {
             eprintln!("herald-deliver: {e:#}");
             ExitCode::FAILURE

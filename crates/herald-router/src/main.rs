@@ -49,7 +49,9 @@ async fn main() -> ExitCode {
     supervisor.spawn("router", herald_router::run(config, shutdown, admin));
     match supervisor.run(true).await {
         Ok(herald_telemetry::Outcome::Clean) => ExitCode::SUCCESS,
-        Ok(herald_telemetry::Outcome::Abandoned { .. }) => ExitCode::FAILURE,
+        Ok(herald_telemetry::Outcome::Abandoned { running }) => {
+            herald_telemetry::shutdown::exit_abandoned("router", running)
+        }
         Err(e) => {
             eprintln!("herald-router: {e:#}");
             ExitCode::FAILURE

@@ -47,7 +47,9 @@ async fn main() -> ExitCode {
     }
     match supervisor.run(true).await {
         Ok(herald_telemetry::Outcome::Clean) => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
+        Ok(herald_telemetry::Outcome::Abandoned { running }) => {
+            herald_telemetry::shutdown::exit_abandoned("sandbox", running)
+        }
         Err(e) => {
             eprintln!("herald-sandbox: {e:#}");
             ExitCode::FAILURE

@@ -64,7 +64,9 @@ async fn main() -> ExitCode {
     );
     match supervisor.run(true).await {
         Ok(herald_telemetry::Outcome::Clean) => ExitCode::SUCCESS,
-        Ok(herald_telemetry::Outcome::Abandoned { .. }) => ExitCode::FAILURE,
+        Ok(herald_telemetry::Outcome::Abandoned { running }) => {
+            herald_telemetry::shutdown::exit_abandoned("scaler", running)
+        }
         Err(e) => {
             eprintln!("herald-scaler: {e:#}");
             ExitCode::FAILURE

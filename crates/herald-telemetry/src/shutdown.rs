@@ -192,6 +192,14 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// Ends the process at once after a drain deadline passed: returning from
+/// `main` would wait for every blocking task, and one stuck in a client
+/// call would keep the process alive past the deadline.
+pub fn exit_abandoned(stage: &str, running: usize) -> ! {
+    eprintln!("herald-{stage}: {running} task(s) did not drain in time; exiting");
+    std::process::exit(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
