@@ -148,6 +148,8 @@ pub async fn start(
                 d.webhook = Some(WebhookSettings {
                     secret: Secret::new(webhook_secret.clone()),
                     allowed_hosts: Vec::new(),
+                    // The sandbox is on loopback.
+                    allow_private_networks: true,
                     timeout: Duration::from_secs(10),
                 });
             }

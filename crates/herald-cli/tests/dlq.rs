@@ -83,6 +83,7 @@ async fn dead_letters_are_listed_and_a_replay_is_delivered_once() {
             webhook: Some(WebhookSettings {
                 secret: Secret::new(secret),
                 allowed_hosts: vec!["127.0.0.1".into()],
+                allow_private_networks: true,
                 timeout: Duration::from_secs(5),
             }),
             ..DeliverSettings::default()

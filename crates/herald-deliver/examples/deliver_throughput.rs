@@ -135,7 +135,7 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
              [deliver]\ngroup = \"{}\"\nmax_in_flight = {IN_FLIGHT}\n\
              [deliver.retry]\nbase_delay = \"50ms\"\nmax_delay = \"500ms\"\nmax_attempts = 8\njitter = 0.2\n\
              [deliver.breaker]\nfailure_threshold = 1000\n\
-             [deliver.webhook]\nsecret = \"{}\"\n",
+             [deliver.webhook]\nsecret = \"{}\"\nallow_private_networks = true\n",
             broker.bootstrap(),
             topology.settings().prefix,
             broker.group("bench-deliver"),
@@ -209,6 +209,7 @@ async fn baseline(n: u64) -> f64 {
     let hook = Webhook::new(WebhookSettings {
         secret: Secret::new(secret()),
         allowed_hosts: Vec::new(),
+        allow_private_networks: true,
         timeout: Duration::from_secs(10),
     })
     .unwrap();

@@ -106,6 +106,7 @@ max_in_flight = {IN_FLIGHT}
 [deliver.webhook]
 secret = "{secret}"
 allowed_hosts = ["127.0.0.1"]
+allow_private_networks = true
 "#,
             bootstrap = broker.bootstrap(),
             prefix = s.prefix,

@@ -153,6 +153,7 @@ impl Env {
         Webhook::new(WebhookSettings {
             secret: Secret::new(secret.to_string()),
             allowed_hosts: vec!["127.0.0.1".into()],
+            allow_private_networks: true,
             timeout: Duration::from_secs(5),
         })
         .unwrap()
@@ -577,6 +578,32 @@ async fn webhooks_are_signed_per_standard_webhooks() {
             "{url}"
         );
     }
+    // By default an endpoint inside the network (by address or by name) is
+    // refused before any request.
+    let guarded = Webhook::new(WebhookSettings {
+        secret: Secret::new(env.keys.webhook_secret.clone()),
+        allowed_hosts: Vec::new(),
+        allow_private_networks: false,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    for url in [
+        format!("{}/hooks/orders", env.http()),
+        format!("http://localhost:{}/hooks/orders", env.bound.http.port()),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        "http://[::1]/x".to_string(),
+    ] {
+        let e = guarded
+            .send(&message(36, Channel::Webhook, &url))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.failure, e.reason.as_str()),
+            (Failure::TokenInvalid, "private_address"),
+            "{url}"
+        );
+    }
+
     // A connection dropped mid-request is retryable; then it works again.
     env.sandbox.set_fault(
         "webhook",

@@ -5,8 +5,11 @@
 //! is the base64 after `whsec_`. The body is the message's rendered body
 //! (a JSON document).
 //!
-//! The recipient address is the endpoint URL: only `http` and `https`, and
-//! hosts on `allowed_hosts` when that list is set, so a notification cannot
+//! The recipient address is the endpoint URL: only `http` and `https`, only
+//! hosts on `allowed_hosts` when that list is set, and never an address in
+//! a loopback, private, link-local or unique-local range unless
+//! `allow_private_networks` is set (checked before the request and again
+//! by the client's resolver at connect time), so a notification cannot
 //! turn Herald into a proxy into the network it runs in.
 
 use std::time::Duration;
@@ -35,6 +38,10 @@ pub struct WebhookSettings {
     /// allows any host.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Allow endpoints on loopback, private, link-local and unique-local
+    /// addresses (local development and tests).
+    #[serde(default)]
+    pub allow_private_networks: bool,
     /// Request timeout.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -48,7 +55,57 @@ fn default_timeout() -> Duration {
 pub struct Webhook {
     key: Vec<u8>,
     allowed_hosts: Vec<String>,
+    allow_private: bool,
     client: reqwest::Client,
+}
+
+/// Whether an address is inside the network Herald runs in rather than on
+/// the internet.
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// A resolver that drops private addresses, so a name that changes its
+/// answer between the check and the request still cannot reach inside.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !is_private(a.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err("the endpoint resolves only to private addresses".into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 impl Webhook {
@@ -61,14 +118,19 @@ impl Webhook {
             .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
             .filter(|k| !k.is_empty())
             .ok_or("deliver.webhook.secret must be whsec_ followed by base64")?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if !settings.allow_private_networks {
+            builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("deliver.webhook client: {e}"))?;
         Ok(Self {
             key,
             allowed_hosts: settings.allowed_hosts,
+            allow_private: settings.allow_private_networks,
             client,
         })
     }
@@ -86,7 +148,7 @@ impl Webhook {
         )
     }
 
-    fn endpoint(&self, address: &str) -> Result<reqwest::Url, SendError> {
+    async fn endpoint(&self, address: &str) -> Result<reqwest::Url, SendError> {
         let invalid = |reason: &str| SendError {
             failure: Failure::TokenInvalid,
             ..SendError::permanent(NAME, reason)
@@ -107,11 +169,31 @@ impl Webhook {
         if !allowed {
             return Err(invalid("host_not_allowed"));
         }
+        if !self.allow_private {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let literal = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>();
+            let private = match literal {
+                Ok(ip) => is_private(ip),
+                Err(_) => {
+                    let addrs: Vec<_> = tokio::net::lookup_host((host, port))
+                        .await
+                        .map_err(|_| SendError::transport(NAME, "dns"))?
+                        .collect();
+                    addrs.iter().all(|a| is_private(a.ip()))
+                }
+            };
+            if private {
+                return Err(invalid("private_address"));
+            }
+        }
         Ok(url)
     }
 
     async fn send_one(&self, m: &ChannelMessage) -> Result<Accepted, SendError> {
-        let url = self.endpoint(&m.recipient.address)?;
+        let url = self.endpoint(&m.recipient.address).await?;
         let body = m.content.body.clone().into_bytes();
         let ts = now_s();
         let id = &m.notification_id;
@@ -159,5 +241,32 @@ impl Provider for Webhook {
         message: &'a ChannelMessage,
     ) -> BoxFuture<'a, Result<Accepted, SendError>> {
         Box::pin(self.send_one(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_ranges() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1::1", "100.128.0.1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

@@ -82,6 +82,7 @@ impl Setup {
                 webhook: Some(WebhookSettings {
                     secret: Secret::new(self.secret.clone()),
                     allowed_hosts: vec!["127.0.0.1".into()],
+                    allow_private_networks: true,
                     timeout: Duration::from_secs(5),
                 }),
                 ..DeliverSettings::default()
