@@ -31,7 +31,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 const PARTITIONS: i32 = 12;
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 128;
 
 fn vm_hwm_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
