@@ -150,6 +150,9 @@ struct Shared {
     ledgers: Mutex<HashMap<i32, Arc<tokio::sync::OnceCell<Arc<Ledger>>>>>,
     urgent_pending: AtomicUsize,
     fatal: Mutex<Option<String>>,
+    /// Topic names, formatted once.
+    ledger_topic: String,
+    status_topic: String,
 }
 
 impl Shared {
@@ -162,7 +165,7 @@ impl Shared {
     }
 
     fn ledger_topic(&self) -> String {
-        self.topology.named(&format!("{}.ledger", self.channel))
+        self.ledger_topic.clone()
     }
 
     /// The ledger of `partition`, restored from the ledger topic on first
@@ -355,7 +358,7 @@ impl Shared {
     }
 
     async fn status_out(&self, s: &DeliveryStatus) -> Result<Out, String> {
-        let topic = self.topology.named("status");
+        let topic = self.status_topic.clone();
         let payload = self
             .codec
             .encode(&topic, s)
@@ -703,6 +706,8 @@ pub async fn run(
     let channel = config.deliver.channel().map_err(anyhow::Error::msg)?;
     let group = config.deliver.group();
     let topology = Topology::new(config.topics.clone());
+    let ledger_topic = topology.named(&format!("{channel}.ledger"));
+    let status_topic = topology.named("status");
     let codec = config.codec.build().map_err(anyhow::Error::msg)?;
     let routes = Routes::build(channel, &config.deliver).map_err(anyhow::Error::msg)?;
     let limiters = config
@@ -746,6 +751,8 @@ pub async fn run(
         ledgers: Mutex::new(HashMap::new()),
         urgent_pending: AtomicUsize::new(0),
         fatal: Mutex::new(None),
+        ledger_topic,
+        status_topic,
     });
     tracing::info!(%channel, %group, "Delivery worker started.");
     admin.set_ready(true);
