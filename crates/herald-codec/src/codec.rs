@@ -16,6 +16,10 @@ use crate::registry::{record_name, Registry, RegistrySettings};
 /// often claim gigabyte strings; the decoder refuses them instead of trying.
 const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
 
+/// Most items an array or map of a record may claim. Items can be
+/// zero-sized on the wire, so the byte length alone does not bound them.
+const MAX_SEQUENCE_ITEMS: usize = 100_000;
+
 /// The framing Herald writes. Both framings are always readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,17 +150,25 @@ fn source_of<T: Record>() -> &'static str {
 }
 
 fn write_body<T: Record>(out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
-    let schema_error = |e: apache_avro::Error| EncodeError::Schema {
-        record: T::NAME,
-        message: e.to_string(),
-    };
     match contract::prepared(T::NAME) {
-        Some(p) => p.writer.write_ser(out, value).map_err(schema_error)?,
-        None => GenericDatumWriter::builder(T::schema())
-            .build()
-            .map_err(schema_error)?
-            .write_ser(out, value)
-            .map_err(schema_error)?,
+        Some(p) => {
+            let config = &mut serde_avro_fast::ser::SerializerConfig::new(&p.fast);
+            serde_avro_fast::to_datum(value, out, config).map_err(|e| EncodeError::Schema {
+                record: T::NAME,
+                message: e.to_string(),
+            })?;
+        }
+        None => {
+            let schema_error = |e: apache_avro::Error| EncodeError::Schema {
+                record: T::NAME,
+                message: e.to_string(),
+            };
+            GenericDatumWriter::builder(T::schema())
+                .build()
+                .map_err(schema_error)?
+                .write_ser(out, value)
+                .map_err(schema_error)?;
+        }
     };
     Ok(())
 }
@@ -181,38 +193,57 @@ fn decode_body<T: Record>(
     };
     let prepared =
         contract::prepared(T::NAME).filter(|p| Some(p.fingerprint) == writer_fingerprint);
+    if let Some(p) = prepared {
+        // Written with the current schema: straight into the struct, no
+        // resolution (the common case, and the fast one).
+        return decode_current::<T>(&p.fast, body).map_err(malformed);
+    }
+    // An older (or newer) writer schema: resolve through a `Value`.
     let mut input = EofGuard {
         rest: body,
         hit_eof: false,
     };
-    let decoded: Result<T, String> = match prepared {
-        // Written with the current schema: straight into the struct (no
-        // resolution, no intermediate `Value` tree; about twice as fast).
-        Some(p) => p
-            .reader
-            .read_deser::<T>(&mut input)
-            .map_err(|e| e.to_string()),
-        // An older writer schema: resolve through a `Value`.
-        None => GenericDatumReader::builder(writer)
-            .reader_schema(T::schema())
-            .build()
-            .and_then(|reader| reader.read_value(&mut input))
-            .map_err(|e| e.to_string())
-            .and_then(|value| apache_avro::from_value::<T>(&value).map_err(|e| e.to_string())),
-    };
+    let decoded: Result<T, String> = GenericDatumReader::builder(writer)
+        .reader_schema(T::schema())
+        .build()
+        .and_then(|reader| reader.read_value(&mut input))
+        .map_err(|e| e.to_string())
+        .and_then(|value| apache_avro::from_value::<T>(&value).map_err(|e| e.to_string()));
     if input.hit_eof {
         // apache-avro reads a nullable union at end of input as null; a
         // record cut short there must not pass as one with empty fields.
         return Err(malformed("body ends before the record does".to_string()));
     }
     let record = decoded.map_err(malformed)?;
-    if !input.rest.is_empty() {
-        return Err(malformed(format!(
-            "{} trailing bytes after the record",
-            input.rest.len()
-        )));
-    }
+    trailing(input.rest.len()).map_err(malformed)?;
     Ok(record)
+}
+
+/// Reads a record written with `T`'s current schema. Every length is
+/// checked against what is left of `body`, so a corrupt prefix fails
+/// instead of allocating; sequences are capped at [`MAX_SEQUENCE_ITEMS`].
+fn decode_current<T: Record>(
+    schema: &serde_avro_fast::Schema,
+    body: &[u8],
+) -> Result<T, String> {
+    use serde_avro_fast::de::{read::SliceRead, DeserializerConfig, DeserializerState};
+    use std::io::BufRead;
+    let mut config = DeserializerConfig::new(schema);
+    config.max_seq_size = MAX_SEQUENCE_ITEMS;
+    let mut state = DeserializerState::with_config(SliceRead::new(body), config);
+    let record = T::deserialize(state.deserializer()).map_err(|e| e.to_string())?;
+    let mut rest = state.into_reader();
+    let left = rest.fill_buf().map_or(0, <[u8]>::len);
+    trailing(left)?;
+    Ok(record)
+}
+
+fn trailing(left: usize) -> Result<(), String> {
+    if left == 0 {
+        Ok(())
+    } else {
+        Err(format!("{left} trailing bytes after the record"))
+    }
 }
 
 /// A byte-slice reader that remembers whether anyone tried to read past its

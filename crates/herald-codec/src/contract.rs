@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
-use apache_avro::reader::datum::GenericDatumReader;
-use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use herald_model::wire::{
     ChannelMessage, DedupEntry, DeliveryStatus, LedgerEntry, NotificationRequested, Preferences,
@@ -157,24 +155,22 @@ static CURRENT: LazyLock<HashMap<&'static str, KnownSchema>> = LazyLock::new(|| 
 pub(crate) struct Prepared {
     /// Specification fingerprint.
     pub fingerprint: u64,
-    /// Reader for records written with this very schema (no resolution).
-    pub reader: GenericDatumReader<'static>,
-    /// Writer.
-    pub writer: GenericDatumWriter<'static>,
+    /// The same schema compiled for serde_avro_fast, which reads records
+    /// written with this very schema and writes new ones.
+    pub fast: serde_avro_fast::Schema,
 }
 
 static PREPARED: LazyLock<HashMap<&'static str, Prepared>> = LazyLock::new(|| {
     CURRENT
         .iter()
         .filter_map(|(name, k)| {
-            let reader = GenericDatumReader::builder(&k.schema).build().ok()?;
-            let writer = GenericDatumWriter::builder(&k.schema).build().ok()?;
+            let source = SOURCES.iter().find(|(n, _)| n == name)?.1;
+            let fast = source.parse::<serde_avro_fast::Schema>().ok()?;
             Some((
                 *name,
                 Prepared {
                     fingerprint: k.fingerprint,
-                    reader,
-                    writer,
+                    fast,
                 },
             ))
         })

@@ -275,6 +275,55 @@ async fn a_record_of_another_type_is_a_wrong_record_error() {
     assert!(matches!(err, DecodeError::WrongRecord { .. }), "{err}");
 }
 
+/// Herald writes and reads its current schemas with serde_avro_fast and
+/// resolves other versions with apache-avro: both must agree on the bytes.
+fn agrees_with_apache_avro<T: Record + PartialEq + std::fmt::Debug>(value: T) {
+    let ours = encode_single_object(&value).expect("encode");
+    let mut theirs = Vec::new();
+    GenericDatumWriter::builder(T::schema())
+        .build()
+        .expect("writer")
+        .write_ser(&mut theirs, &value)
+        .expect("apache-avro encode");
+    assert_eq!(&ours[10..], &theirs[..], "{}: body bytes", T::NAME);
+    let read_back: T = apache_avro::from_value(
+        &GenericDatumReader::builder(T::schema())
+            .build()
+            .expect("reader")
+            .read_value(&mut &ours[10..])
+            .expect("apache-avro decode"),
+    )
+    .expect("from value");
+    assert_eq!(read_back, value, "{}: apache-avro reads ours", T::NAME);
+    let mut framed = ours[..10].to_vec();
+    framed.extend_from_slice(&theirs);
+    assert_eq!(
+        Codec::single_object().decode_local::<T>(&framed).expect("decode"),
+        value,
+        "{}: we read apache-avro's",
+        T::NAME
+    );
+}
+
+#[test]
+fn the_fast_codec_writes_and_reads_the_same_bytes_as_apache_avro() {
+    for n in [0, 1, 7, 123_456, u64::MAX / 3] {
+        agrees_with_apache_avro(sample::notification(n, NOW));
+        agrees_with_apache_avro(sample::channel_message(n, NOW));
+        agrees_with_apache_avro(sample::delivery_status(n, NOW));
+        agrees_with_apache_avro(sample::dedup_entry(n, -NOW));
+        agrees_with_apache_avro(sample::preferences(n, NOW));
+        agrees_with_apache_avro(sample::ledger_entry(n, NOW));
+    }
+    let mut bare = sample::notification(9, NOW);
+    bare.content = None;
+    bare.recipients = Default::default();
+    bare.expires_at = None;
+    bare.trace = None;
+    bare.channels.clear();
+    agrees_with_apache_avro(bare);
+}
+
 #[test]
 fn every_truncation_of_a_valid_record_is_a_typed_error() {
     let codec = Codec::single_object();

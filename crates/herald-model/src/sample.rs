@@ -114,6 +114,16 @@ pub fn dedup_entry(n: u64, now_ms: i64) -> DedupEntry {
     }
 }
 
+/// A delivery-ledger entry.
+pub fn ledger_entry(n: u64, now_ms: i64) -> LedgerEntry {
+    LedgerEntry {
+        delivered_at: now_ms,
+        provider: "webhook".into(),
+        provider_message_id: format!("msg-{n}"),
+        expires_at: now_ms + 7 * 86_400_000,
+    }
+}
+
 /// Preferences with quiet hours, an opt-out and a cap.
 pub fn preferences(n: u64, now_ms: i64) -> Preferences {
     Preferences {
