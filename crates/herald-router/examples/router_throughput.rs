@@ -214,8 +214,16 @@ async fn router(broker: &TestBroker, topology: &Topology, n: u64, guarantee: Gua
     while events_in() - base < n {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let processed = started.elapsed();
     shutdown.trigger();
     task.await.unwrap().unwrap();
+    if std::env::var("HERALD_BENCH_VERBOSE").is_ok() {
+        eprintln!(
+            "router: processed in {:.2} s, drained {:.2} s later",
+            processed.as_secs_f64(),
+            (started.elapsed() - processed).as_secs_f64()
+        );
+    }
     n as f64 / started.elapsed().as_secs_f64()
 }
 
