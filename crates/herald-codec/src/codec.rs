@@ -222,10 +222,7 @@ fn decode_body<T: Record>(
 /// Reads a record written with `T`'s current schema. Every length is
 /// checked against what is left of `body`, so a corrupt prefix fails
 /// instead of allocating; sequences are capped at [`MAX_SEQUENCE_ITEMS`].
-fn decode_current<T: Record>(
-    schema: &serde_avro_fast::Schema,
-    body: &[u8],
-) -> Result<T, String> {
+fn decode_current<T: Record>(schema: &serde_avro_fast::Schema, body: &[u8]) -> Result<T, String> {
     use serde_avro_fast::de::{read::SliceRead, DeserializerConfig, DeserializerState};
     use std::io::BufRead;
     let mut config = DeserializerConfig::new(schema);

@@ -298,7 +298,9 @@ fn agrees_with_apache_avro<T: Record + PartialEq + std::fmt::Debug>(value: T) {
     let mut framed = ours[..10].to_vec();
     framed.extend_from_slice(&theirs);
     assert_eq!(
-        Codec::single_object().decode_local::<T>(&framed).expect("decode"),
+        Codec::single_object()
+            .decode_local::<T>(&framed)
+            .expect("decode"),
         value,
         "{}: we read apache-avro's",
         T::NAME

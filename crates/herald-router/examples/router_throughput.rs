@@ -199,6 +199,13 @@ async fn router(broker: &TestBroker, topology: &Topology, n: u64, guarantee: Gua
     config.router.group = broker.group("bench-router");
     config.router.guarantee = guarantee;
     config.router.instance_id = Some("bench-0".into());
+    if let Ok(extra) = std::env::var("HERALD_BENCH_PRODUCER") {
+        for kv in extra.split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                config.kafka.producer_overrides.insert(k.into(), v.into());
+            }
+        }
+    }
     config.log.filter = "warn".into();
     let base = events_in();
     let shutdown = Shutdown::new();
