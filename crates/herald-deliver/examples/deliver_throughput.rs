@@ -31,7 +31,13 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 const PARTITIONS: i32 = 12;
-const IN_FLIGHT: usize = 128;
+/// Requests in flight per partition (`HERALD_BENCH_IN_FLIGHT`, default 64).
+fn in_flight() -> usize {
+    std::env::var("HERALD_BENCH_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
 
 fn vm_hwm_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -132,13 +138,14 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
             "[kafka]\nbootstrap = \"{}\"\n\
              [topics]\nprefix = \"{}\"\npartitions = 2\nchannel_partitions = {PARTITIONS}\nreplication_factor = 1\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"warn\"\n\
-             [deliver]\ngroup = \"{}\"\nmax_in_flight = {IN_FLIGHT}\n\
+             [deliver]\ngroup = \"{}\"\nmax_in_flight = {}\n\
              [deliver.retry]\nbase_delay = \"50ms\"\nmax_delay = \"500ms\"\nmax_attempts = 8\njitter = 0.2\n\
              [deliver.breaker]\nfailure_threshold = 1000\n\
              [deliver.webhook]\nsecret = \"{}\"\nallow_private_networks = true\n",
             broker.bootstrap(),
             topology.settings().prefix,
             broker.group("bench-deliver"),
+            in_flight(),
             secret(),
         ),
     )
@@ -224,7 +231,7 @@ async fn baseline(n: u64) -> f64 {
     let started = Instant::now();
     futures::stream::iter(messages.iter())
         .map(|m| hook.send(m))
-        .buffer_unordered(PARTITIONS as usize * IN_FLIGHT)
+        .buffer_unordered(PARTITIONS as usize * in_flight())
         .for_each(|r| async move {
             r.unwrap();
         })
@@ -241,8 +248,9 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
     println!(
-        "Delivery worker: webhook channel, {PARTITIONS} partitions x {IN_FLIGHT} in flight, \
-         sandbox latency 20 ms, {n} deliveries"
+        "Delivery worker: webhook channel, {PARTITIONS} partitions x {} in flight, \
+         sandbox latency 20 ms, {n} deliveries",
+        in_flight()
     );
     let base = baseline(n).await;
     println!("| run | deliveries/s (from start) | deliveries/s (first to last) | ratio to direct | peak RSS | requests |");

@@ -11,6 +11,7 @@
 
 pub mod breaker;
 pub mod config;
+pub mod ledger;
 pub mod limiter;
 pub mod providers;
 pub mod retry;

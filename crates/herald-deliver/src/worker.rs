@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use crate::ledger::Ledger;
 use anyhow::Context as _;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -98,45 +99,6 @@ impl ConsumerContext for DeliverContext {
     }
 }
 
-/// The delivered notification ids of one partition, with their expiry.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    entries: Mutex<HashMap<String, i64>>,
-}
-
-impl Ledger {
-    fn contains(&self, id: &str, now: i64) -> bool {
-        lock(&self.entries).get(id).is_some_and(|exp| *exp > now)
-    }
-
-    fn insert(&self, id: String, expires_at: i64) {
-        lock(&self.entries).insert(id, expires_at);
-    }
-
-    fn take_expired(&self, now: i64) -> Vec<String> {
-        let mut entries = lock(&self.entries);
-        let expired: Vec<String> = entries
-            .iter()
-            .filter(|(_, exp)| **exp <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &expired {
-            entries.remove(k);
-        }
-        expired
-    }
-
-    /// Entries held.
-    pub fn len(&self) -> usize {
-        lock(&self.entries).len()
-    }
-
-    /// Whether it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 struct Shared {
     channel: Channel,
     consumer: Arc<StreamConsumer<DeliverContext>>,
@@ -195,10 +157,10 @@ impl Shared {
                 };
                 match value {
                     None => {
-                        lock(&ledger.entries).remove(id);
+                        ledger.remove(id);
                     }
                     Some(v) => match self.codec.decode_local::<LedgerEntry>(v) {
-                        Ok(e) if e.expires_at > now => ledger.insert(id.to_string(), e.expires_at),
+                        Ok(e) if e.expires_at > now => ledger.insert(id, e.expires_at),
                         Ok(_) => {}
                         Err(_) => undecodable += 1,
                     },
@@ -486,7 +448,7 @@ impl Shared {
                 );
                 self.emit_all(vec![record, self.status_out(&s).await?])
                     .await?;
-                ledger.insert(m.notification_id, expires_at);
+                ledger.insert(&m.notification_id, expires_at);
                 Ok(())
             }
             Err(e) => {
@@ -586,9 +548,11 @@ impl Shared {
 
 /// Messages queued for a partition before it stops fetching; it fetches
 /// again below half. Pausing purges librdkafka's prefetched messages and
-/// resuming waits for a new fetch, so the band is wide.
+/// resuming waits for a new fetch, so the band is wide; it is capped so a
+/// backlog does not become memory (12 partitions x 2,048 queued messages
+/// is about 15 MB).
 fn queue_high(max_in_flight: usize) -> usize {
-    max_in_flight * 64
+    (max_in_flight * 64).clamp(256, 2048)
 }
 
 /// A partition's task and its queue.

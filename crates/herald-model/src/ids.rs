@@ -65,6 +65,38 @@ impl NotificationId {
     }
 }
 
+impl NotificationId {
+    /// Parses the id's canonical text (32 lowercase hex digits, as
+    /// [`Display`](std::fmt::Display) writes it); anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let canonical =
+            text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        canonical
+            .then(|| u128::from_str_radix(text, 16).ok())
+            .flatten()
+            .map(Self)
+    }
+}
+
+/// A `Hasher` for keys that already are uniform 128-bit hashes (dedup keys,
+/// notification ids): hashing them again is waste, so their words are
+/// folded together.
+#[derive(Default)]
+pub struct PrehashedHasher(u64);
+
+impl std::hash::Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(buf);
+        }
+    }
+}
+
 impl std::fmt::Display for NotificationId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:032x}", self.0)
@@ -75,6 +107,22 @@ impl std::fmt::Display for NotificationId {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_canonical_notification_ids_parse() {
+        let id = NotificationId(0x0123_4567_89ab_cdef_0000_0000_0000_00ff);
+        assert_eq!(id.to_string(), "0123456789abcdef00000000000000ff");
+        assert_eq!(NotificationId::parse(&id.to_string()), Some(id));
+        for other in [
+            "0123456789ABCDEF00000000000000ff",
+            "+123456789abcdef00000000000000ff",
+            "0123456789abcdef00000000000000f",
+            "n-1",
+            "",
+        ] {
+            assert_eq!(NotificationId::parse(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn dedup_key_is_stable_across_releases() {
@@ -102,6 +150,7 @@ mod tests {
             prop_assert_ne!(push, NotificationId::new(k, Channel::Sms, &addr));
             prop_assert_ne!(push, NotificationId::new(k, Channel::Push, &format!("{addr}x")));
             prop_assert_eq!(push.to_string().len(), 32);
+            prop_assert_eq!(NotificationId::parse(&push.to_string()), Some(push));
         }
     }
 }

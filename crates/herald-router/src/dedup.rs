@@ -9,8 +9,9 @@
 //! (its effects are re-emitted) rather than as a duplicate.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
+use herald_model::ids::PrehashedHasher;
 use herald_model::wire::DedupEntry;
 use herald_model::DedupKey;
 
@@ -26,23 +27,6 @@ pub enum Verdict {
         /// Input offset of the first record.
         first_offset: i64,
     },
-}
-
-/// Keys are already uniform 128-bit hashes: hashing them again is waste.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(buf);
-        }
-    }
 }
 
 /// Key as four u32 words and value as three: 28 bytes, 4-byte aligned, so
@@ -83,7 +67,7 @@ fn slot_expires_ms(s: &Slot) -> i64 {
 /// The dedup index of one input partition.
 #[derive(Default)]
 pub struct DedupStore {
-    entries: HashMap<Key, Slot, BuildHasherDefault<KeyHasher>>,
+    entries: HashMap<Key, Slot, BuildHasherDefault<PrehashedHasher>>,
 }
 
 impl DedupStore {
