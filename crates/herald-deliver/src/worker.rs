@@ -552,7 +552,7 @@ impl Shared {
 /// backlog does not become memory (12 partitions x 2,048 queued messages
 /// is about 15 MB).
 fn queue_high(max_in_flight: usize) -> usize {
-    (max_in_flight * 64).clamp(256, 2048)
+    (max_in_flight * 64).clamp(256, 1024)
 }
 
 /// A partition's task and its queue.
