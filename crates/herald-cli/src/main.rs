@@ -107,7 +107,7 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("herald: {e}");
-            return ExitCode::from(78); // EX_CONFIG
+            return ExitCode::from(herald_telemetry::EXIT_CONFIG);
         }
     };
     herald_telemetry::init_tracing(&config.log);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use herald_deliver::DeliverConfig;
 use herald_model::Channel;
-use herald_telemetry::{load_config, serve_admin, AdminState, ConfigSource, Supervisor};
+use herald_telemetry::{load_stage_config, AdminState, Supervisor};
 
 /// Herald delivery worker for one channel.
 #[derive(Debug, Parser)]
@@ -30,45 +30,22 @@ fn parse_channel(s: &str) -> Result<Channel, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let mut config: DeliverConfig = match load_config(&ConfigSource::from_process(args.config)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("herald-deliver: {e}");
-            return ExitCode::from(78);
-        }
-    };
-    config.deliver.channel = Some(args.channel);
-    if let Err(e) = config.deliver.validate() {
-        eprintln!("herald-deliver: {e}");
-        return ExitCode::from(78);
-    }
+    start(Args::parse()).await.unwrap_or_else(|code| code)
+}
+
+async fn start(args: Args) -> Result<ExitCode, ExitCode> {
+    let config: DeliverConfig =
+        load_stage_config("deliver", args.config, |c: &mut DeliverConfig| {
+            c.deliver.channel = Some(args.channel);
+            c.deliver.validate()
+        })?;
     herald_telemetry::init_tracing(&config.log);
     let mut supervisor = Supervisor::new("deliver", args.drain);
     let admin = AdminState::new("deliver");
-    match serve_admin(config.admin.listen, admin.clone(), supervisor.shutdown()).await {
-        Ok((addr, task)) => {
-            tracing::info!(%addr, "Admin server listening.");
-            supervisor.spawn("admin", async move { Ok(task.await??) });
-        }
-        Err(e) => {
-            eprintln!(
-                "herald-deliver: binding the admin server to {}: {e}",
-                config.admin.listen
-            );
-            return ExitCode::FAILURE;
-        }
-    }
+    supervisor
+        .serve_admin(config.admin.listen, admin.router())
+        .await?;
     let shutdown = supervisor.shutdown();
     supervisor.spawn("deliver", herald_deliver::run(config, shutdown, admin));
-    match supervisor.run(true).await {
-        Ok(herald_telemetry::Outcome::Clean) => ExitCode::SUCCESS,
-        Ok(herald_telemetry::Outcome::Abandoned { running }) => {
-            herald_telemetry::shutdown::exit_abandoned("deliver", running)
-        }
-        Err(e) => {
-            eprintln!("herald-deliver: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(supervisor.exit_code().await)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herald_router::RouterConfig;
-use herald_telemetry::{load_config, serve_admin, AdminState, ConfigSource, Supervisor};
+use herald_telemetry::{load_stage_config, AdminState, Supervisor};
 
 /// Herald router: dedup, preferences, fan-out.
 #[derive(Debug, Parser)]
@@ -21,40 +21,18 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let config: RouterConfig = match load_config(&ConfigSource::from_process(args.config)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("herald-router: {e}");
-            return ExitCode::from(78);
-        }
-    };
+    start(Args::parse()).await.unwrap_or_else(|code| code)
+}
+
+async fn start(args: Args) -> Result<ExitCode, ExitCode> {
+    let config: RouterConfig = load_stage_config("router", args.config, |_| Ok(()))?;
     herald_telemetry::init_tracing(&config.log);
     let mut supervisor = Supervisor::new("router", args.drain);
     let admin = AdminState::new("router");
-    match serve_admin(config.admin.listen, admin.clone(), supervisor.shutdown()).await {
-        Ok((addr, task)) => {
-            tracing::info!(%addr, "Admin server listening.");
-            supervisor.spawn("admin", async move { Ok(task.await??) });
-        }
-        Err(e) => {
-            eprintln!(
-                "herald-router: binding the admin server to {}: {e}",
-                config.admin.listen
-            );
-            return ExitCode::FAILURE;
-        }
-    }
+    supervisor
+        .serve_admin(config.admin.listen, admin.router())
+        .await?;
     let shutdown = supervisor.shutdown();
     supervisor.spawn("router", herald_router::run(config, shutdown, admin));
-    match supervisor.run(true).await {
-        Ok(herald_telemetry::Outcome::Clean) => ExitCode::SUCCESS,
-        Ok(herald_telemetry::Outcome::Abandoned { running }) => {
-            herald_telemetry::shutdown::exit_abandoned("router", running)
-        }
-        Err(e) => {
-            eprintln!("herald-router: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(supervisor.exit_code().await)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use herald_sandbox::{Sandbox, SandboxConfig};
-use herald_telemetry::{load_config, ConfigSource, Supervisor};
+use herald_telemetry::{load_stage_config, Supervisor};
 
 /// Herald provider sandbox: APNs, FCM, Twilio, webhooks and SMTP on loopback.
 #[derive(Debug, Parser)]
@@ -18,14 +18,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let config: SandboxConfig = match load_config(&ConfigSource::from_process(args.config)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("herald-sandbox: {e}");
-            return ExitCode::from(78);
-        }
-    };
+    start(Args::parse()).await.unwrap_or_else(|code| code)
+}
+
+async fn start(args: Args) -> Result<ExitCode, ExitCode> {
+    let config: SandboxConfig = load_stage_config("sandbox", args.config, |_| Ok(()))?;
     herald_telemetry::init_tracing(&config.log);
     let mut supervisor = Supervisor::new("sandbox", std::time::Duration::from_secs(5));
     let sandbox = Sandbox::new(config.sandbox);
@@ -42,17 +39,8 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("herald-sandbox: binding its listeners: {e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     }
-    match supervisor.run(true).await {
-        Ok(herald_telemetry::Outcome::Clean) => ExitCode::SUCCESS,
-        Ok(herald_telemetry::Outcome::Abandoned { running }) => {
-            herald_telemetry::shutdown::exit_abandoned("sandbox", running)
-        }
-        Err(e) => {
-            eprintln!("herald-sandbox: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(supervisor.exit_code().await)
 }

@@ -61,6 +61,27 @@ pub enum ConfigError {
 
 const ENV_PREFIX: &str = "HERALD__";
 
+/// Exit code of a process refused for its configuration (`EX_CONFIG`).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A stage binary's configuration from the process environment and an
+/// optional file, checked by `validate`. On any error the reason is said on
+/// stderr (every bad value with its path) and the exit code is
+/// [`EXIT_CONFIG`].
+pub fn load_stage_config<T: DeserializeOwned>(
+    stage: &str,
+    file: Option<PathBuf>,
+    validate: impl FnOnce(&mut T) -> Result<(), String>,
+) -> Result<T, std::process::ExitCode> {
+    let refuse = |why: &dyn std::fmt::Display| {
+        eprintln!("herald-{stage}: {why}");
+        std::process::ExitCode::from(EXIT_CONFIG)
+    };
+    let mut config: T = load_config(&ConfigSource::from_process(file)).map_err(|e| refuse(&e))?;
+    validate(&mut config).map_err(|e| refuse(&e))?;
+    Ok(config)
+}
+
 /// Loads `T` from the layers in `source`.
 pub fn load_config<T: DeserializeOwned>(source: &ConfigSource) -> Result<T, ConfigError> {
     let mut merged = Table::new();

@@ -14,7 +14,7 @@ pub mod metrics;
 pub mod shutdown;
 
 pub use admin::{serve_admin, serve_routes, AdminSettings, AdminState};
-pub use config::{load_config, ConfigError, ConfigSource};
+pub use config::{load_config, load_stage_config, ConfigError, ConfigSource, EXIT_CONFIG};
 pub use events::Emit;
 pub use logging::{init_tracing, LogFormat, LogSettings};
 pub use metrics::Metrics;

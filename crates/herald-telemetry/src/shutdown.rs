@@ -192,6 +192,47 @@ pub async fn wait_for_signal() {
     }
 }
 
+impl Supervisor {
+    /// Serves `app` (the admin routes, with any of the stage's own) on
+    /// `listen` as a supervised task. A port that cannot be bound is said
+    /// on stderr and gives the failure exit code.
+    pub async fn serve_admin(
+        &mut self,
+        listen: std::net::SocketAddr,
+        app: axum::Router,
+    ) -> Result<(), std::process::ExitCode> {
+        match crate::admin::serve_routes(listen, app, self.shutdown()).await {
+            Ok((addr, task)) => {
+                tracing::info!(%addr, "Admin server listening.");
+                self.spawn("admin", async move { Ok(task.await??) });
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!(
+                    "herald-{}: binding the admin server to {listen}: {e}",
+                    self.stage
+                );
+                Err(std::process::ExitCode::FAILURE)
+            }
+        }
+    }
+
+    /// Runs until the end (signals handled) and turns the outcome into the
+    /// process's exit code: 0 when everything drained, 1 on a task's error
+    /// (said on stderr) or when the drain deadline passed.
+    pub async fn exit_code(self) -> std::process::ExitCode {
+        let stage = self.stage;
+        match self.run(true).await {
+            Ok(Outcome::Clean) => std::process::ExitCode::SUCCESS,
+            Ok(Outcome::Abandoned { running }) => exit_abandoned(stage, running),
+            Err(e) => {
+                eprintln!("herald-{stage}: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 /// Ends the process at once after a drain deadline passed: returning from
 /// `main` would wait for every blocking task, and one stuck in a client
 /// call would keep the process alive past the deadline.
