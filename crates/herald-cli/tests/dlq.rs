@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use herald_codec::Codec;
 use herald_deliver::providers::webhook::WebhookSettings;
 use herald_deliver::retry::RetrySettings;
@@ -17,7 +16,7 @@ use herald_deliver::{DeliverConfig, DeliverSettings};
 use herald_kafka::settings::ProducerKind;
 use herald_model::secret::Secret;
 use herald_model::{sample, Channel, Priority};
-use herald_sandbox::{Fault, Sandbox, SandboxSettings};
+use herald_sandbox::{Fault, SandboxSettings};
 use herald_telemetry::shutdown::Shutdown;
 use herald_telemetry::AdminState;
 use herald_testkit::{BrokerKind, TestBroker};
@@ -47,20 +46,14 @@ async fn dead_letters_are_listed_and_a_replay_is_delivered_once() {
     let broker = TestBroker::start(BrokerKind::Fast);
     let topology = broker.herald_topology("dlq", 2, 2).await;
     let prefix = topology.settings().prefix.clone();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(uuid_bytes())
-    );
-    let sandbox = Sandbox::new(SandboxSettings {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        smtp_listen: "127.0.0.1:0".parse().unwrap(),
+    let secret = herald_sandbox::webhook_secret(&uuid_bytes());
+    let running = herald_sandbox::serve(SandboxSettings {
         webhook_secret: secret.clone(),
-        ..SandboxSettings::default()
-    });
-    let sandbox_stop = Shutdown::new();
-    let (bound, _) = herald_sandbox::start(sandbox.clone(), sandbox_stop.clone())
-        .await
-        .unwrap();
+        ..SandboxSettings::loopback()
+    })
+    .await
+    .unwrap();
+    let (sandbox, bound) = (&running.sandbox, running.bound);
     sandbox.set_fault(
         "webhook",
         Fault {

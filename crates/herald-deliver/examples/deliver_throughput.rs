@@ -16,7 +16,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures::StreamExt;
 use herald_codec::Codec;
 use herald_deliver::providers::webhook::{Webhook, WebhookSettings};
@@ -24,8 +23,7 @@ use herald_deliver::Provider as _;
 use herald_kafka::settings::ProducerKind;
 use herald_model::secret::Secret;
 use herald_model::{sample, Channel, Priority};
-use herald_sandbox::{Bound, Fault, Sandbox, SandboxSettings};
-use herald_telemetry::shutdown::Shutdown;
+use herald_sandbox::{Bound, Fault, Running, Sandbox, SandboxSettings};
 use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
@@ -51,26 +49,19 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
 }
 
 fn secret() -> String {
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode([42u8; 32])
-    )
+    herald_sandbox::webhook_secret(&[42u8; 32])
 }
 
-async fn sandbox(n: u64, fault: Fault) -> (Arc<Sandbox>, Bound, Shutdown) {
-    let sandbox = Sandbox::new(SandboxSettings {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        smtp_listen: "127.0.0.1:0".parse().unwrap(),
+async fn sandbox(n: u64, fault: Fault) -> (Arc<Sandbox>, Bound, Running) {
+    let running = herald_sandbox::serve(SandboxSettings {
         webhook_secret: secret(),
         max_records: n as usize * 2,
-        ..SandboxSettings::default()
-    });
-    let stop = Shutdown::new();
-    let (bound, _) = herald_sandbox::start(Arc::clone(&sandbox), stop.clone())
-        .await
-        .unwrap();
-    sandbox.set_fault("webhook", fault);
-    (sandbox, bound, stop)
+        ..SandboxSettings::loopback()
+    })
+    .await
+    .unwrap();
+    running.sandbox.set_fault("webhook", fault);
+    (Arc::clone(&running.sandbox), running.bound, running)
 }
 
 struct Run {
@@ -194,7 +185,7 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
     let records = sandbox.records(Some("webhook"), None);
     let span = records.last().unwrap().at_ms - records.first().unwrap().at_ms;
     let steady = n as f64 / (span.max(1) as f64 / 1000.0);
-    stop.trigger();
+    drop(stop);
     Run {
         rate: n as f64 / took.as_secs_f64(),
         steady,
@@ -237,7 +228,7 @@ async fn baseline(n: u64) -> f64 {
         })
         .await;
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    stop.trigger();
+    drop(stop);
     rate
 }
 

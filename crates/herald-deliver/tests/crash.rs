@@ -9,15 +9,12 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use herald_codec::Codec;
 use herald_kafka::settings::ProducerKind;
 use herald_model::{sample, Channel, Priority};
 use herald_sandbox::{Fault, Sandbox, SandboxSettings};
-use herald_telemetry::shutdown::Shutdown;
 use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
@@ -56,20 +53,14 @@ async fn sigkill_mid_stream_loses_nothing_and_repeats_at_most_the_in_flight_wind
         .await;
     let mut key = [0u8; 32];
     openssl::rand::rand_bytes(&mut key).unwrap();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    );
-    let sandbox = Sandbox::new(SandboxSettings {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        smtp_listen: "127.0.0.1:0".parse().unwrap(),
+    let secret = herald_sandbox::webhook_secret(&key);
+    let running = herald_sandbox::serve(SandboxSettings {
         webhook_secret: secret.clone(),
-        ..SandboxSettings::default()
-    });
-    let stop = Shutdown::new();
-    let (bound, _) = herald_sandbox::start(Arc::clone(&sandbox), stop.clone())
-        .await
-        .unwrap();
+        ..SandboxSettings::loopback()
+    })
+    .await
+    .unwrap();
+    let (sandbox, bound) = (&running.sandbox, running.bound);
     // Slow enough that the kills land mid-stream.
     sandbox.set_fault(
         "webhook",
@@ -145,11 +136,11 @@ allow_private_networks = true
     let mut kills = 0;
     for at in [MESSAGES / 4, MESSAGES / 2] {
         let mut worker = spawn(&config);
-        while (delivered(&sandbox).len() as u64) < at {
+        while (delivered(sandbox).len() as u64) < at {
             assert!(
                 Instant::now() < deadline,
                 "stuck at {} delivered",
-                delivered(&sandbox).len()
+                delivered(sandbox).len()
             );
             assert!(
                 worker.try_wait().unwrap().is_none(),
@@ -162,11 +153,11 @@ allow_private_networks = true
         kills += 1;
     }
     let mut worker = spawn(&config);
-    while (delivered(&sandbox).len() as u64) < MESSAGES {
+    while (delivered(sandbox).len() as u64) < MESSAGES {
         assert!(
             Instant::now() < deadline,
             "only {} of {MESSAGES} delivered",
-            delivered(&sandbox).len()
+            delivered(sandbox).len()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -180,7 +171,7 @@ allow_private_networks = true
     let exit = worker.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 
-    let seen = delivered(&sandbox);
+    let seen = delivered(sandbox);
     assert_eq!(seen.len() as u64, MESSAGES, "nothing lost");
     let repeats: usize = seen.values().map(|n| n - 1).sum();
     let bound = kills * IN_FLIGHT * PARTITIONS as usize;

@@ -18,8 +18,7 @@ use herald_kafka::settings::ProducerKind;
 use herald_model::secret::Secret;
 use herald_model::wire::DeliveryStatus;
 use herald_model::{sample, Channel, Priority, StatusKind};
-use herald_sandbox::{Bound, Fault, Sandbox, SandboxSettings};
-use herald_telemetry::shutdown::Shutdown;
+use herald_sandbox::{Bound, Fault, Running, Sandbox, SandboxSettings};
 use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
@@ -27,20 +26,12 @@ use rdkafka::util::Timeout;
 
 const SID: &str = "AC00000000000000000000000000000002";
 
-async fn twilio_sandbox(token: &str) -> (Arc<Sandbox>, Bound, Shutdown) {
-    let mut settings = SandboxSettings {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        smtp_listen: "127.0.0.1:0".parse().unwrap(),
-        ..SandboxSettings::default()
-    };
+async fn twilio_sandbox(token: &str) -> (Arc<Sandbox>, Bound, Running) {
+    let mut settings = SandboxSettings::loopback();
     settings.twilio.account_sid = SID.into();
     settings.twilio.auth_token = token.into();
-    let sandbox = Sandbox::new(settings);
-    let stop = Shutdown::new();
-    let (bound, _) = herald_sandbox::start(Arc::clone(&sandbox), stop.clone())
-        .await
-        .unwrap();
-    (sandbox, bound, stop)
+    let running = herald_sandbox::serve(settings).await.unwrap();
+    (Arc::clone(&running.sandbox), running.bound, running)
 }
 
 fn twilio(bound: &Bound, token: &str) -> TwilioSettings {

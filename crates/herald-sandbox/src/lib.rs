@@ -395,6 +395,54 @@ pub struct Bound {
     pub smtp: SocketAddr,
 }
 
+impl SandboxSettings {
+    /// The defaults on loopback ports of the system's choosing (tests,
+    /// benchmarks).
+    pub fn loopback() -> Self {
+        Self {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            smtp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::default()
+        }
+    }
+}
+
+/// A Standard Webhooks signing secret (`whsec_` and base64) for `key`.
+pub fn webhook_secret(key: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+/// A sandbox serving in this process; it stops when dropped.
+pub struct Running {
+    /// The sandbox (faults, records, counts).
+    pub sandbox: Arc<Sandbox>,
+    /// Where it listens.
+    pub bound: Bound,
+    stop: Shutdown,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.trigger();
+    }
+}
+
+/// Starts a sandbox with `settings` in this process (see [`start`]).
+pub async fn serve(settings: SandboxSettings) -> std::io::Result<Running> {
+    let sandbox = Sandbox::new(settings);
+    let stop = Shutdown::new();
+    let (bound, _) = start(Arc::clone(&sandbox), stop.clone()).await?;
+    Ok(Running {
+        sandbox,
+        bound,
+        stop,
+    })
+}
+
 /// Binds both listeners and serves until `shutdown`; returns where they
 /// listen and the tasks.
 pub async fn start(

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use herald_codec::Codec;
 use herald_deliver::providers::webhook::WebhookSettings;
 use herald_deliver::retry::RetrySettings;
@@ -16,7 +15,7 @@ use herald_kafka::Topology;
 use herald_model::secret::Secret;
 use herald_model::wire::{ChannelMessage, DeliveryStatus};
 use herald_model::{sample, Channel, Priority};
-use herald_sandbox::{Bound, Sandbox, SandboxSettings};
+use herald_sandbox::{Bound, Running, Sandbox, SandboxSettings};
 use herald_telemetry::shutdown::Shutdown;
 use herald_telemetry::AdminState;
 use herald_testkit::{BrokerKind, TestBroker};
@@ -32,7 +31,7 @@ pub struct Setup {
     pub sandbox: Arc<Sandbox>,
     pub bound: Bound,
     pub secret: String,
-    _sandbox_stop: Shutdown,
+    _sandbox: Running,
 }
 
 pub async fn setup(base: &str) -> Setup {
@@ -40,27 +39,20 @@ pub async fn setup(base: &str) -> Setup {
     let topology = broker.herald_topology(base, 2, 2).await;
     let mut key = [0u8; 32];
     openssl::rand::rand_bytes(&mut key).unwrap();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    );
-    let sandbox = Sandbox::new(SandboxSettings {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        smtp_listen: "127.0.0.1:0".parse().unwrap(),
+    let secret = herald_sandbox::webhook_secret(&key);
+    let running = herald_sandbox::serve(SandboxSettings {
         webhook_secret: secret.clone(),
-        ..SandboxSettings::default()
-    });
-    let stop = Shutdown::new();
-    let (bound, _) = herald_sandbox::start(sandbox.clone(), stop.clone())
-        .await
-        .unwrap();
+        ..SandboxSettings::loopback()
+    })
+    .await
+    .unwrap();
     Setup {
         broker,
         topology,
-        sandbox,
-        bound,
+        sandbox: Arc::clone(&running.sandbox),
+        bound: running.bound,
         secret,
-        _sandbox_stop: stop,
+        _sandbox: running,
     }
 }
 
