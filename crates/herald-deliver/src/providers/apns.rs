@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use herald_model::secret::Secret;
 use herald_model::wire::ChannelMessage;
 use herald_model::Priority;
@@ -25,8 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    classify_status, now_s, retry_after, transport_error, uuid_of, Accepted, Failure, Provider,
-    SendError,
+    classify_status, now_s, retry_after, transport_error, uuid_of, Accepted, Failure, SendError,
 };
 
 const NAME: &str = "apns";
@@ -200,18 +198,7 @@ impl Apns {
     }
 }
 
-impl Provider for Apns {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn send<'a>(
-        &'a self,
-        message: &'a ChannelMessage,
-    ) -> BoxFuture<'a, Result<Accepted, SendError>> {
-        Box::pin(self.send_one(message))
-    }
-}
+provider!(Apns, NAME);
 
 /// What Herald sends APNs for one message.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use herald_model::secret::Secret;
 use herald_model::tracking;
 use herald_model::wire::ChannelMessage;
@@ -18,7 +17,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
-use super::{Accepted, Failure, Provider, SendError};
+use super::{Accepted, Failure, SendError};
 
 const NAME: &str = "smtp";
 
@@ -275,18 +274,7 @@ pub fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     }
 }
 
-impl Provider for Email {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn send<'a>(
-        &'a self,
-        message: &'a ChannelMessage,
-    ) -> BoxFuture<'a, Result<Accepted, SendError>> {
-        Box::pin(self.send_one(message))
-    }
-}
+provider!(Email, NAME);
 
 #[cfg(test)]
 mod tests {

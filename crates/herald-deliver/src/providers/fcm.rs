@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use herald_model::secret::Secret;
 use herald_model::wire::ChannelMessage;
 use herald_model::Priority;
@@ -19,9 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
-use super::{
-    classify_status, now_s, retry_after, transport_error, Accepted, Failure, Provider, SendError,
-};
+use super::{classify_status, now_s, retry_after, transport_error, Accepted, Failure, SendError};
 
 const NAME: &str = "fcm";
 /// The OAuth2 scope FCM sends need.
@@ -268,18 +265,7 @@ impl Fcm {
     }
 }
 
-impl Provider for Fcm {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn send<'a>(
-        &'a self,
-        message: &'a ChannelMessage,
-    ) -> BoxFuture<'a, Result<Accepted, SendError>> {
-        Box::pin(self.send_one(message))
-    }
-}
+provider!(Fcm, NAME);
 
 /// The `messages:send` body for `m`.
 pub fn message_body(m: &ChannelMessage) -> Value {

@@ -1,5 +1,27 @@
 //! Provider adapters and what a failed send means.
 
+/// Implements [`Provider`] for an adapter whose inherent
+/// `async fn send_one(&self, &ChannelMessage)` does the work.
+macro_rules! provider {
+    ($adapter:ty, $name:expr) => {
+        impl $crate::providers::Provider for $adapter {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn send<'a>(
+                &'a self,
+                message: &'a herald_model::wire::ChannelMessage,
+            ) -> futures::future::BoxFuture<
+                'a,
+                Result<$crate::providers::Accepted, $crate::providers::SendError>,
+            > {
+                Box::pin(self.send_one(message))
+            }
+        }
+    };
+}
+
 pub mod apns;
 pub mod email;
 pub mod fcm;

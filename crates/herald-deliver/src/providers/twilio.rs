@@ -7,15 +7,12 @@
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use herald_model::secret::Secret;
 use herald_model::wire::ChannelMessage;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    classify_status, retry_after, transport_error, Accepted, Failure, Provider, SendError,
-};
+use super::{classify_status, retry_after, transport_error, Accepted, Failure, SendError};
 
 const NAME: &str = "twilio";
 const ADDRESS_INVALID: [u64; 4] = [21211, 21610, 21612, 21614];
@@ -140,15 +137,4 @@ impl Twilio {
     }
 }
 
-impl Provider for Twilio {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn send<'a>(
-        &'a self,
-        message: &'a ChannelMessage,
-    ) -> BoxFuture<'a, Result<Accepted, SendError>> {
-        Box::pin(self.send_one(message))
-    }
-}
+provider!(Twilio, NAME);

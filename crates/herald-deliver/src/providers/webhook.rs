@@ -15,16 +15,13 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures::future::BoxFuture;
 use herald_model::secret::Secret;
 use herald_model::wire::ChannelMessage;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::{
-    classify_status, now_s, retry_after, transport_error, Accepted, Failure, Provider, SendError,
-};
+use super::{classify_status, now_s, retry_after, transport_error, Accepted, Failure, SendError};
 
 const NAME: &str = "webhook";
 
@@ -231,18 +228,7 @@ impl Webhook {
     }
 }
 
-impl Provider for Webhook {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn send<'a>(
-        &'a self,
-        message: &'a ChannelMessage,
-    ) -> BoxFuture<'a, Result<Accepted, SendError>> {
-        Box::pin(self.send_one(message))
-    }
-}
+provider!(Webhook, NAME);
 
 #[cfg(test)]
 mod tests {
