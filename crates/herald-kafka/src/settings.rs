@@ -294,11 +294,7 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "false")
-            // librdkafka prefetches up to 64 MB per consumer by default,
-            // which a backlog fills whatever the stage's own rate; 16 MB
-            // is seconds of work for any Herald stage. Overridable.
-            .set("queued.max.messages.kbytes", "16384");
+            .set("enable.partition.eof", "false");
         reapply_overrides(
             &mut c,
             &self.overrides,

@@ -52,6 +52,10 @@ pub(crate) use herald_kafka::produce::{acked, send};
 
 use crate::templates::TemplateStore;
 
+/// How long a commit waits for its transaction's delivery reports before
+/// leaving the rest to librdkafka's own flush.
+const REPORTS_WAIT: Duration = Duration::from_secs(1);
+
 /// Header naming the transaction an output was written in.
 pub const TXN_HEADER: &str = "herald.txn";
 
@@ -433,9 +437,22 @@ async fn commit_txn(
     // competes with the producer's polling thread for the delivery reports:
     // it then sleeps its 100 ms poll interval. Awaiting the reports here
     // first leaves it nothing to wait for (100 ms -> about 1 ms per commit
-    // on the mock cluster). A failed delivery makes the commit fail.
+    // on the mock cluster). A failed delivery makes the commit fail. The
+    // wait is bounded: a producer in an abortable state holds its messages
+    // until the transaction is aborted, which only the commit's failure
+    // leads to.
     let pending = std::mem::take(&mut lock(txn).pending);
-    futures::future::join_all(pending).await;
+    let waiting = pending.len();
+    let bound = REPORTS_WAIT;
+    if tokio::time::timeout(bound, futures::future::join_all(pending))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            records = waiting,
+            "Delivery reports of the transaction not all in after {bound:?}; committing anyway."
+        );
+    }
     let shared = Arc::clone(txn);
     let offsets = tokio::task::spawn_blocking(move || lock(&shared).commit(&cgm)).await??;
     if offsets.count() > 0 {
