@@ -546,9 +546,6 @@ impl Shared {
     }
 }
 
-/// librdkafka's bound on a consumer's prefetched messages, in kilobytes.
-const PREFETCH_KEY: &str = "queued.max.messages.kbytes";
-
 /// Messages queued for a partition before it stops fetching; it fetches
 /// again below half. Pausing purges librdkafka's prefetched messages and
 /// resuming waits for a new fetch, so the band is wide; it is capped so a
@@ -691,15 +688,13 @@ pub async fn run(
         }
         .emit();
     }
-    let mut consumer_config = config.kafka.consumer_config("deliver", &group)?;
-    // librdkafka prefetches up to 64 MB by default, which any backlog
-    // fills: 16 MB is seconds of work for a worker. An operator's
-    // `consumer_overrides` value wins.
-    if consumer_config.get(PREFETCH_KEY).is_none() {
-        consumer_config.set(PREFETCH_KEY, "16384");
-    }
-    let consumer: Arc<StreamConsumer<DeliverContext>> =
-        Arc::new(consumer_config.create_with_context(DeliverContext::default())?);
+    // 16 MB of prefetch is seconds of work for a worker.
+    let consumer = Arc::new(config.kafka.bounded_consumer(
+        "deliver",
+        &group,
+        16 * 1024,
+        DeliverContext::default(),
+    )?);
     let topics = input_topics(&topology, channel);
     let urgent_topic = topology.lane(channel, Priority::Urgent);
     consumer

@@ -346,6 +346,24 @@ impl KafkaSettings {
             .create_with_context(context)?)
     }
 
+    /// [`consumer`](Self::consumer) with librdkafka's prefetch bounded to
+    /// `kbytes` (`queued.max.messages.kbytes`, 64 MB by default, which any
+    /// backlog fills) unless `consumer_overrides` sets it.
+    pub fn bounded_consumer<C: ConsumerContext + 'static>(
+        &self,
+        role: &str,
+        group: &str,
+        kbytes: u32,
+        context: C,
+    ) -> Result<StreamConsumer<C>, SettingsError> {
+        const PREFETCH: &str = "queued.max.messages.kbytes";
+        let mut c = self.consumer_config(role, group)?;
+        if c.get(PREFETCH).is_none() {
+            c.set(PREFETCH, kbytes.to_string());
+        }
+        Ok(c.create_with_context(context)?)
+    }
+
     /// A consumer whose offsets are committed only inside its producer's
     /// transactions (`send_offsets_to_transaction`): no background commits.
     pub fn transactional_consumer<C: ConsumerContext + 'static>(
