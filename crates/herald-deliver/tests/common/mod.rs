@@ -122,12 +122,28 @@ impl Setup {
             if seen.len() >= n {
                 return seen;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} delivered; sandbox {:?}",
-                seen.len(),
-                self.sandbox.counts()
-            );
+            if Instant::now() >= deadline {
+                // What the worker said about the ones that did not arrive.
+                let missing: Vec<String> = self
+                    .statuses()
+                    .await
+                    .into_iter()
+                    .filter(|s| {
+                        s.notification_id
+                            .as_ref()
+                            .is_some_and(|id| !seen.contains_key(id))
+                    })
+                    .map(|s| {
+                        let id = s.notification_id.unwrap_or_default();
+                        format!("{id} {:?} {:?}", s.status, s.reason)
+                    })
+                    .collect();
+                panic!(
+                    "{} of {n} delivered; sandbox {:?}; statuses of the others: {missing:?}",
+                    seen.len(),
+                    self.sandbox.counts()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
