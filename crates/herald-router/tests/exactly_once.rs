@@ -144,6 +144,26 @@ impl Collector {
         }
     }
 
+    /// Waits until every one of `keys` has an output in a transaction not
+    /// in `before`. A committed offset can be read before the collector
+    /// has read the outputs committed with it.
+    async fn wait_for_since(&self, keys: &BTreeSet<String>, before: &BTreeSet<String>, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let seen: BTreeSet<String> = self
+                .messages()
+                .into_iter()
+                .filter(|s| !before.contains(&s.txn))
+                .map(|s| s.key)
+                .collect();
+            if keys.is_subset(&seen) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits for outputs of a router incarnation not seen in `before`.
     async fn incarnation_since(&self, before: &BTreeSet<String>, who: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -302,6 +322,9 @@ async fn exactly_once_survives_a_crash_mid_transaction_and_fences_a_zombie() {
         Stdio::piped(),
     );
     wait_committed(&broker, &input, &group, 750, "B's first transaction").await;
+    collector
+        .wait_for_since(&keys2, &before_b, "the outputs of B's first transaction")
+        .await;
     let committed_b_set = collector.txns();
 
     // Phase 3: 150 events; B's transaction stays open and B is frozen.
