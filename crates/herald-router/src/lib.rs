@@ -12,6 +12,7 @@ pub mod config;
 pub mod dedup;
 pub mod deferred;
 pub mod fanout;
+mod partitioned;
 pub mod policy;
 pub mod process;
 pub mod run;

@@ -1,14 +1,17 @@
-//! The router's Kafka loop.
+//! The router's Kafka loops.
 //!
-//! `at_least_once`: for each input record the state record, the channel
-//! messages, status events and dead letters are produced (idempotent
-//! producer, acks=all); only when every one of them is acknowledged is the
-//! input offset stored, in input order, for the next commit. After a crash,
+//! `at_least_once` (the partitions are routed in parallel, one task each:
+//! [`crate::partitioned`]): for each input record the state record, the
+//! channel messages, status events and dead letters are produced
+//! (idempotent producer, acks=all); only when every one of them is
+//! acknowledged is the input offset stored, in input order, for the next
+//! commit. After a crash,
 //! records whose offsets were not stored are read again; their dedup entry
 //! marks them as replays of themselves and their effects are emitted again,
 //! so nothing is lost and repeats are confined to the crash window.
 //!
-//! `exactly_once`: one transactional producer per instance
+//! `exactly_once` (one loop routes every partition): one transactional
+//! producer per instance
 //! (`transactional.id = {group}-{instance_id}`). Outputs of up to
 //! `transaction_max_records` input records, or `transaction_interval` of
 //! work, go into one transaction together with the input offsets
@@ -20,13 +23,12 @@
 //! (`{incarnation}.{sequence}`) naming its transaction, for audits on
 //! brokers that hand aborted records to `read_committed` consumers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use herald_codec::Codec;
 use herald_kafka::settings::ProducerKind;
 use herald_kafka::state::read_to_end;
@@ -47,6 +49,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{Guarantee, RouterConfig};
 use crate::deferred::{Clock, Release};
+use crate::partitioned;
 use crate::process::{Input, Out, PartitionState, Router};
 pub(crate) use herald_kafka::produce::{acked, send};
 
@@ -518,43 +521,90 @@ pub async fn run_with_clock(
     );
     admin.set_ready(true);
 
+    let prefs_topic = topology.named("preferences");
+    let prefs_follower: StreamConsumer<DefaultConsumerContext> = config.kafka.consumer(
+        "router-prefs",
+        &format!("{}-prefs", config.router.group),
+        DefaultConsumerContext,
+    )?;
     let route = async {
+        match txn {
+            None => {
+                let shared = Arc::new(partitioned::Shared {
+                    permits: Arc::new(tokio::sync::Semaphore::new(config.router.max_in_flight)),
+                    router: Arc::clone(&router),
+                    consumer: Arc::new(consumer),
+                    producer,
+                    prefs_follower: Arc::new(prefs_follower),
+                    clock: clock.clone(),
+                    input_topic,
+                    prefs_topic,
+                    state_topic: topology.named("dedup-state"),
+                    failed: Shutdown::new(),
+                    why: Mutex::default(),
+                    config: config.clone(),
+                });
+                partitioned::route(shared, shutdown.clone()).await
+            }
+            Some(txn) => {
+                let loop_ = TransactionalLoop {
+                    config: &config,
+                    router: &router,
+                    consumer: &consumer,
+                    producer: &producer,
+                    txn: &txn,
+                    prefs_follower: &prefs_follower,
+                    prefs_topic: &prefs_topic,
+                    clock: &clock,
+                };
+                loop_.run(&shutdown).await
+            }
+        }
+    };
+    tokio::try_join!(route, release)?;
+    tracing::info!("Router drained.");
+    Ok(())
+}
+
+/// The `exactly_once` loop: one task routes every assigned partition, so
+/// that a transaction's outputs and offsets are exactly the records it
+/// routed (a commit never sees a record half sent).
+struct TransactionalLoop<'a> {
+    config: &'a RouterConfig,
+    router: &'a Router,
+    consumer: &'a StreamConsumer<RouterContext>,
+    producer: &'a FutureProducer,
+    txn: &'a Arc<Mutex<Txn>>,
+    prefs_follower: &'a StreamConsumer<DefaultConsumerContext>,
+    prefs_topic: &'a str,
+    clock: &'a Clock,
+}
+
+impl TransactionalLoop<'_> {
+    async fn run(&self, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let (config, consumer, txn) = (self.config, self.consumer, self.txn);
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
-        type Ack = futures::future::BoxFuture<'static, (i32, i64, Result<(), String>)>;
-        let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
-        let mut revoked_now: HashSet<i32> = HashSet::new();
         let mut last_evict = Instant::now();
-        let max_in_flight = config.router.max_in_flight;
         let txn_interval = config.router.transaction_interval;
         let txn_max = config.router.transaction_max_records;
         let mut stream = consumer.stream();
-        // Follows the preferences partitions of the assigned input partitions
-        // (assigned by hand, never committed) so changes apply while running.
-        let prefs_topic = topology.named("preferences");
-        let prefs_follower: StreamConsumer<DefaultConsumerContext> = config.kafka.consumer(
-            "router-prefs",
-            &format!("{}-prefs", config.router.group),
-            DefaultConsumerContext,
-        )?;
-        let mut prefs_stream = prefs_follower.stream();
-
+        let mut prefs_stream = self.prefs_follower.stream();
         // One timer, moved only when its deadline changes (a new timer per
         // record costs more than the record's routing logic).
         let timer = tokio::time::sleep_until(last_evict.into());
         tokio::pin!(timer);
         loop {
-            // Drop state of revoked partitions (their in-flight acks are ignored).
+            // Drop state of revoked partitions.
             for p in lock(&consumer.context().revoked).drain(..) {
                 if states.remove(&p).is_some() {
                     let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&prefs_topic, p);
-                    let _ = prefs_follower.incremental_unassign(&tpl);
+                    tpl.add_partition(self.prefs_topic, p);
+                    let _ = self.prefs_follower.incremental_unassign(&tpl);
                 }
-                revoked_now.insert(p);
             }
             // The next timed duty: eviction, or ending the open transaction.
             let mut wake = last_evict + config.router.evict_interval;
-            if let Some(txn) = &txn {
+            {
                 let t = lock(txn);
                 if let Some(why) = &t.failed {
                     anyhow::bail!("{why}");
@@ -571,38 +621,24 @@ pub async fn run_with_clock(
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = &mut timer => {}
-                Some((partition, offset, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                    // This acknowledgement and every one already complete.
-                    let mut next = Some((partition, offset, result));
-                    while let Some((partition, offset, result)) = next {
-                        result.map_err(anyhow::Error::msg).context("an output was not acknowledged")?;
-                        if !revoked_now.contains(&partition) {
-                            let _ = consumer.store_offset(&input_topic, partition, offset);
-                        }
-                        next = in_flight.next().now_or_never().flatten();
-                    }
-                }
                 Some(Ok(update)) = prefs_stream.next() => {
-                    apply_preferences(&mut states, &router, &update).await;
+                    apply_preferences(&mut states, self.router, &update).await;
                 }
-                msg = stream.next(), if in_flight.len() < max_in_flight => {
+                msg = stream.next() => {
                     let Some(msg) = msg else { break };
                     let msg = msg.context("consumer error")?;
                     let partition = msg.partition();
-                    revoked_now.remove(&partition);
                     // A partition's state is restored before its first record is processed.
                     if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(partition) {
-                        let (st, prefs_end) = restore(&config, &router, partition, clock.now_ms()).await?;
+                        let (st, prefs_end) =
+                            restore(config, self.router, partition, self.clock.now_ms()).await?;
                         slot.insert(st);
                         let mut tpl = TopicPartitionList::new();
-                        tpl.add_partition_offset(&prefs_topic, partition, Offset::Offset(prefs_end))?;
-                        prefs_follower.incremental_assign(&tpl).context("following preferences")?;
+                        tpl.add_partition_offset(self.prefs_topic, partition, Offset::Offset(prefs_end))?;
+                        self.prefs_follower.incremental_assign(&tpl).context("following preferences")?;
                     }
                     let Some(st) = states.get_mut(&partition) else { continue };
-                    let marker = match &txn {
-                        Some(t) => Some(lock(t).begin()?),
-                        None => None,
-                    };
+                    let marker = lock(txn).begin()?;
                     let input = Input {
                         topic: msg.topic(),
                         partition,
@@ -610,106 +646,68 @@ pub async fn run_with_clock(
                         key: msg.key(),
                         payload: msg.payload(),
                     };
-                    let outs = router.process(st, input, clock.now_ms()).await?;
+                    let outs = self.router.process(st, input, self.clock.now_ms()).await?;
                     let offset = msg.offset();
                     drop(msg);
-                    match &txn {
-                        Some(t) => {
-                            // Delivery of each output is confirmed by the commit.
-                            for o in outs {
-                                send(&producer, o, marker.as_deref().map(|m| (TXN_HEADER, m))).map_err(anyhow::Error::msg)?;
-                            }
-                            let full = {
-                                let mut t = lock(t);
-                                t.offsets.insert(partition, offset + 1);
-                                t.records += 1;
-                                t.records >= txn_max
-                            };
-                            if full {
-                                commit_txn(&consumer, t).await?;
-                            }
-                        }
-                        None => {
-                            let futures: Vec<_> =
-                                outs.into_iter().map(|o| send(&producer, o, None)).collect();
-                            in_flight.push_back(Box::pin(async move {
-                                for f in futures {
-                                    if let Err(e) = acked(f).await {
-                                        return (partition, offset, Err(e));
-                                    }
-                                }
-                                (partition, offset, Ok(()))
-                            }));
-                        }
+                    // Delivery of each output is confirmed by the commit.
+                    for o in outs {
+                        send(self.producer, o, Some((TXN_HEADER, &marker))).map_err(anyhow::Error::msg)?;
+                    }
+                    let full = {
+                        let mut t = lock(txn);
+                        t.offsets.insert(partition, offset + 1);
+                        t.records += 1;
+                        t.records >= txn_max
+                    };
+                    if full {
+                        commit_txn(consumer, txn).await?;
                     }
                 }
             }
-            if let Some(t) = &txn {
-                let due = {
-                    let t = lock(t);
-                    t.open && t.began.elapsed() >= txn_interval
-                };
-                if due {
-                    commit_txn(&consumer, t).await?;
-                }
+            let due = {
+                let t = lock(txn);
+                t.open && t.began.elapsed() >= txn_interval
+            };
+            if due {
+                commit_txn(consumer, txn).await?;
             }
             if last_evict.elapsed() >= config.router.evict_interval {
                 last_evict = Instant::now();
-                let now = clock.now_ms();
-                let expired: Vec<(i32, DedupKey)> = states
-                    .iter_mut()
-                    .flat_map(|(p, st)| st.dedup.evict_expired(now).into_iter().map(|k| (*p, k)))
-                    .collect();
-                let marker = match &txn {
-                    Some(t) if !expired.is_empty() => Some(lock(t).begin()?),
-                    _ => None,
-                };
-                let state_topic = topology.named("dedup-state");
-                for (partition, key) in expired {
-                    // Tombstones keep the compacted state topic bounded.
-                    let tomb = Out {
-                        topic: state_topic.clone(),
-                        partition: Some(partition),
-                        key: Some(key.to_bytes().to_vec()),
-                        payload: None,
-                        headers: Vec::new(),
-                    };
-                    drop(send(
-                        &producer,
-                        tomb,
-                        marker.as_deref().map(|m| (TXN_HEADER, m)),
-                    ));
-                }
+                self.evict(&mut states)?;
             }
         }
-
-        // Drain: finish in-flight work, store, commit, leave.
-        admin.set_ready(false);
+        // Drain: commit the open transaction, leave.
         drop(stream);
         drop(prefs_stream);
-        if let Some(t) = &txn {
-            commit_txn(&consumer, t).await?;
-        }
-        while let Some((partition, offset, result)) = in_flight.next().await {
-            if result.is_ok() && !revoked_now.contains(&partition) {
-                let _ = consumer.store_offset(&input_topic, partition, offset);
-            }
-        }
-        let _ = producer.flush(Timeout::After(Duration::from_secs(10)));
-        if txn.is_none() {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => {}
-                // Nothing new since the last commit.
-                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.")
-                }
-            }
-        }
+        commit_txn(consumer, txn).await?;
+        let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
         consumer.unsubscribe();
-        Ok::<(), anyhow::Error>(())
-    };
-    tokio::try_join!(route, release)?;
-    tracing::info!("Router drained.");
-    Ok(())
+        Ok(())
+    }
+
+    /// Evicts expired dedup entries and tombstones them in the open
+    /// transaction, so compaction keeps the state topic bounded.
+    fn evict(&self, states: &mut HashMap<i32, PartitionState>) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let expired: Vec<(i32, DedupKey)> = states
+            .iter_mut()
+            .flat_map(|(p, st)| st.dedup.evict_expired(now).into_iter().map(|k| (*p, k)))
+            .collect();
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let marker = lock(self.txn).begin()?;
+        let state_topic = self.router.topology().named("dedup-state");
+        for (partition, key) in expired {
+            let tomb = Out {
+                topic: state_topic.clone(),
+                partition: Some(partition),
+                key: Some(key.to_bytes().to_vec()),
+                payload: None,
+                headers: Vec::new(),
+            };
+            drop(send(self.producer, tomb, Some((TXN_HEADER, &marker))));
+        }
+        Ok(())
+    }
 }

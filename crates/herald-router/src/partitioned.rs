@@ -1,0 +1,362 @@
+//! `at_least_once` routing with one task per assigned partition.
+//!
+//! The consumer's loop only reads: it hands each record to its partition's
+//! task and pauses a partition whose task is [`QUEUE_HIGH`] records behind
+//! (it fetches again below half, so a partition that is restoring does not
+//! hold the others up). A task restores its partition's state (dedup
+//! entries, preferences) before its first record, then routes records in
+//! order, produces their outputs, and stores an input offset once every
+//! output of that record and of the records before it is acknowledged.
+//! Tasks run on every worker thread of the runtime, so partitions are
+//! routed in parallel.
+//!
+//! `max_in_flight` stays a bound for the whole instance: each input record
+//! holds a permit of one semaphore until its outputs are acknowledged.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use herald_kafka::produce::{acked, send, Out};
+use herald_telemetry::Shutdown;
+use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::RouterConfig;
+use crate::deferred::Clock;
+use crate::process::{Input, PartitionState, Router};
+use crate::run::{lock, restore, RouterContext};
+
+/// Records queued for a partition's task before the partition stops
+/// fetching (about 1.5 MB of 300-byte events).
+pub const QUEUE_HIGH: usize = 4096;
+
+/// What the tasks share.
+pub(crate) struct Shared {
+    pub config: RouterConfig,
+    pub router: Arc<Router>,
+    pub consumer: Arc<StreamConsumer<RouterContext>>,
+    pub producer: FutureProducer,
+    /// Follows the preferences partitions of the assigned input partitions
+    /// (assigned by hand, from where each restore ended).
+    pub prefs_follower: Arc<StreamConsumer<DefaultConsumerContext>>,
+    pub clock: Clock,
+    pub input_topic: String,
+    pub prefs_topic: String,
+    pub state_topic: String,
+    /// Input records whose outputs are not acknowledged yet, instance-wide.
+    pub permits: Arc<Semaphore>,
+    /// Triggered when a task fails; `why` says how.
+    pub failed: Shutdown,
+    pub why: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn fail(&self, why: String) {
+        lock(&self.why).get_or_insert(why);
+        self.failed.trigger();
+    }
+}
+
+/// A record for a partition's task: an input, or a change of one of its
+/// users' preferences.
+enum Work {
+    Event(OwnedMessage),
+    Prefs(OwnedMessage),
+}
+
+/// A partition's task and its queue.
+struct Lane {
+    tx: mpsc::UnboundedSender<Work>,
+    queued: Arc<AtomicUsize>,
+    paused: Arc<AtomicBool>,
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn one(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
+}
+
+impl Lane {
+    fn spawn(shared: &Arc<Shared>, partition: i32) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Shutdown::new();
+        let task = {
+            let (shared, queued, paused, stop) = (
+                Arc::clone(shared),
+                Arc::clone(&queued),
+                Arc::clone(&paused),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let lane = LaneTask {
+                    shared: &shared,
+                    partition,
+                    queued: &queued,
+                    paused: &paused,
+                    stop: &stop,
+                };
+                if let Err(e) = lane.serve(rx).await {
+                    shared.fail(format!("partition {partition}: {e:#}"));
+                }
+            })
+        };
+        Self {
+            tx,
+            queued,
+            paused,
+            stop,
+            task,
+        }
+    }
+}
+
+type Ack = futures::future::BoxFuture<'static, (i64, Result<(), String>)>;
+
+struct LaneTask<'a> {
+    shared: &'a Shared,
+    partition: i32,
+    queued: &'a AtomicUsize,
+    paused: &'a AtomicBool,
+    stop: &'a Shutdown,
+}
+
+impl LaneTask<'_> {
+    /// Restores the partition, then routes its records until stopped;
+    /// then waits for what is in flight and stores its offsets.
+    async fn serve(&self, mut rx: mpsc::UnboundedReceiver<Work>) -> anyhow::Result<()> {
+        let s = self.shared;
+        let (mut st, prefs_end) =
+            restore(&s.config, &s.router, self.partition, s.clock.now_ms()).await?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&s.prefs_topic, self.partition, Offset::Offset(prefs_end))?;
+        s.prefs_follower
+            .incremental_assign(&tpl)
+            .context("following preferences")?;
+        let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let mut evict = tokio::time::interval(s.config.router.evict_interval);
+        evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        evict.tick().await;
+        let outcome = loop {
+            let taking = !self.stop.is_triggered();
+            tokio::select! {
+                biased;
+                Some((offset, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(e) = result {
+                        break Err(anyhow::anyhow!("an output was not acknowledged: {e}"));
+                    }
+                    // Fails harmlessly when the partition was revoked meanwhile.
+                    let _ = s.consumer.store_offset(&s.input_topic, self.partition, offset);
+                }
+                _ = evict.tick() => self.evict(&mut st),
+                // A permit first, so a record is only taken when it may be sent.
+                p = Arc::clone(&s.permits).acquire_owned(), if taking && permit.is_none() => {
+                    permit = Some(p.context("the in-flight semaphore closed")?);
+                }
+                work = rx.recv(), if taking && permit.is_some() => {
+                    let Some(work) = work else { break Ok(()) };
+                    match work {
+                        Work::Prefs(update) => self.apply_preferences(&mut st, &update).await,
+                        Work::Event(msg) => {
+                            self.dequeued();
+                            let held = permit.take();
+                            match self.route(&mut st, &msg, held).await {
+                                Ok(ack) => in_flight.push_back(ack),
+                                Err(e) => break Err(e),
+                            }
+                        }
+                    }
+                }
+                () = self.stop.cancelled(), if in_flight.is_empty() => break Ok(()),
+            }
+        };
+        // Stopped (or failed): what was not started is read again by the
+        // partition's next owner; what was sent is waited for.
+        drop(permit);
+        while let Some((offset, result)) = in_flight.next().await {
+            if result.is_ok() {
+                let _ = s
+                    .consumer
+                    .store_offset(&s.input_topic, self.partition, offset);
+            }
+        }
+        outcome
+    }
+
+    /// Counts a record off the queue; resumes fetching below half of the mark.
+    fn dequeued(&self) {
+        let left = self.queued.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        if left < QUEUE_HIGH / 2 && self.paused.swap(false, Ordering::SeqCst) {
+            let s = self.shared;
+            let _ = s.consumer.resume(&one(&s.input_topic, self.partition));
+        }
+    }
+
+    /// Routes one input record and sends its outputs; the returned future
+    /// resolves (with the record's offset) when all are acknowledged.
+    async fn route(
+        &self,
+        st: &mut PartitionState,
+        msg: &OwnedMessage,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> anyhow::Result<Ack> {
+        let s = self.shared;
+        let input = Input {
+            topic: msg.topic(),
+            partition: self.partition,
+            offset: msg.offset(),
+            key: msg.key(),
+            payload: msg.payload(),
+        };
+        let outs = s.router.process(st, input, s.clock.now_ms()).await?;
+        let sent: Vec<_> = outs
+            .into_iter()
+            .map(|o| send(&s.producer, o, None))
+            .collect();
+        // `store_offset` takes the record's own offset (it stores the next).
+        let offset = msg.offset();
+        Ok(Box::pin(async move {
+            let _permit = permit;
+            for f in sent {
+                if let Err(e) = acked(f).await {
+                    return (offset, Err(e));
+                }
+            }
+            (offset, Ok(()))
+        }))
+    }
+
+    /// Evicts expired dedup entries and tombstones them, so compaction
+    /// keeps the state topic bounded. A lost tombstone only leaves an
+    /// expired entry for the next restore to skip.
+    fn evict(&self, st: &mut PartitionState) {
+        let s = self.shared;
+        for key in st.dedup.evict_expired(s.clock.now_ms()) {
+            let tomb = Out {
+                topic: s.state_topic.clone(),
+                partition: Some(self.partition),
+                key: Some(key.to_bytes().to_vec()),
+                payload: None,
+                headers: Vec::new(),
+            };
+            drop(send(&s.producer, tomb, None));
+        }
+    }
+
+    async fn apply_preferences(&self, st: &mut PartitionState, msg: &OwnedMessage) {
+        let Some(user) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            return;
+        };
+        if let Err(e) = st
+            .apply_preferences(self.shared.router.codec(), user, msg.payload())
+            .await
+        {
+            tracing::warn!(
+                partition = msg.partition(),
+                offset = msg.offset(),
+                reason = e.reason(),
+                "Preferences record skipped: undecodable."
+            );
+        }
+    }
+}
+
+/// Reads the notifications topic and hands records to their partitions'
+/// tasks until `shutdown` or a task fails; then stops the tasks, waits for
+/// their in-flight work, commits the stored offsets and leaves the group.
+pub(crate) async fn route(shared: Arc<Shared>, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut lanes: HashMap<i32, Lane> = HashMap::new();
+    // Tasks of revoked partitions, still finishing their in-flight work.
+    let mut stopping: HashMap<i32, tokio::task::JoinHandle<()>> = HashMap::new();
+    let consumer = &shared.consumer;
+    let outcome: anyhow::Result<()> = async {
+        let mut stream = consumer.stream();
+        let mut prefs_stream = shared.prefs_follower.stream();
+        loop {
+            for p in lock(&consumer.context().revoked).drain(..) {
+                if let Some(lane) = lanes.remove(&p) {
+                    lane.stop.trigger();
+                    let _ = shared
+                        .prefs_follower
+                        .incremental_unassign(&one(&shared.prefs_topic, p));
+                    stopping.insert(p, lane.task);
+                }
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                () = shared.failed.cancelled() => return Ok(()),
+                Some(Ok(update)) = prefs_stream.next() => {
+                    if let Some(lane) = lanes.get(&update.partition()) {
+                        let _ = lane.tx.send(Work::Prefs(update.detach()));
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    let msg = msg.context("consumer error")?;
+                    let partition = msg.partition();
+                    let lane = match lanes.entry(partition) {
+                        Entry::Occupied(lane) => lane.into_mut(),
+                        Entry::Vacant(slot) => {
+                            // Back after a revoke: the old task finishes first,
+                            // so the restore sees everything it acknowledged.
+                            if let Some(old) = stopping.remove(&partition) {
+                                let _ = old.await;
+                            }
+                            slot.insert(Lane::spawn(&shared, partition))
+                        }
+                    };
+                    let queued = lane.queued.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _ = lane.tx.send(Work::Event(msg.detach()));
+                    if queued > QUEUE_HIGH && !lane.paused.swap(true, Ordering::SeqCst) {
+                        let _ = consumer.pause(&one(&shared.input_topic, partition));
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    // Drain: every task finishes what it sent and stores its offsets.
+    for lane in lanes.values() {
+        lane.stop.trigger();
+    }
+    for (_, lane) in lanes.drain() {
+        drop(lane.tx);
+        let _ = lane.task.await;
+    }
+    for (_, task) in stopping.drain() {
+        let _ = task.await;
+    }
+    let _ = shared
+        .producer
+        .flush(Timeout::After(std::time::Duration::from_secs(10)));
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing new since the last commit.
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.")
+        }
+    }
+    consumer.unsubscribe();
+    outcome?;
+    match lock(&shared.why).take() {
+        Some(why) => Err(anyhow::anyhow!("{why}")),
+        None => Ok(()),
+    }
+}
