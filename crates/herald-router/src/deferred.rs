@@ -234,7 +234,12 @@ impl Release {
             }
         }
         self.store(&topic, &parts)?;
+        let started = std::time::Instant::now();
         let _ = self.consumer.commit_consumer_state(CommitMode::Sync);
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Drain: deferred releases are committed."
+        );
         self.consumer.unsubscribe();
         Ok(())
     }

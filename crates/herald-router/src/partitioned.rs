@@ -1,9 +1,13 @@
 //! `at_least_once` routing with one task per assigned partition.
 //!
 //! The consumer's loop only reads: it hands each record to its partition's
-//! task and pauses a partition whose task is [`QUEUE_HIGH`] records behind
-//! (it fetches again below half, so a partition that is restoring does not
-//! hold the others up). A task restores its partition's state (dedup
+//! task, and stops reading while [`READ_HIGH`] records wait in the tasks'
+//! queues (it reads again below half). A partition whose task is still
+//! restoring stops fetching at [`RESTORE_HIGH`] queued records, so it does
+//! not hold the others up; it fetches again once restored. (Pausing
+//! partitions for ordinary backpressure would cost more than it saves:
+//! librdkafka drops a paused partition's prefetched records and fetches
+//! them again on resume.) A task restores its partition's state (dedup
 //! entries, preferences) before its first record, then routes records in
 //! order, produces their outputs, and stores an input offset once every
 //! output of that record and of the records before it is acknowledged.
@@ -29,16 +33,18 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::RouterConfig;
 use crate::deferred::Clock;
 use crate::process::{Input, PartitionState, Router};
 use crate::run::{lock, restore, RouterContext};
 
-/// Records queued for a partition's task before the partition stops
-/// fetching (about 1.5 MB of 300-byte events).
-pub const QUEUE_HIGH: usize = 4096;
+/// Records queued for all tasks before the loop stops reading (about
+/// 4 MB of 300-byte events).
+pub const READ_HIGH: usize = 8192;
+/// Records queued for a restoring partition before it stops fetching.
+pub const RESTORE_HIGH: usize = 2048;
 
 /// What the tasks share.
 pub(crate) struct Shared {
@@ -55,6 +61,10 @@ pub(crate) struct Shared {
     pub state_topic: String,
     /// Input records whose outputs are not acknowledged yet, instance-wide.
     pub permits: Arc<Semaphore>,
+    /// Records in the tasks' queues, and the signal that they fell below
+    /// half of [`READ_HIGH`].
+    pub queued: AtomicUsize,
+    pub room: Notify,
     /// Triggered when a task fails; `why` says how.
     pub failed: Shutdown,
     pub why: Mutex<Option<String>>,
@@ -77,10 +87,19 @@ enum Work {
 /// A partition's task and its queue.
 struct Lane {
     tx: mpsc::UnboundedSender<Work>,
-    queued: Arc<AtomicUsize>,
-    paused: Arc<AtomicBool>,
+    state: Arc<LaneState>,
     stop: Shutdown,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the loop and a partition's task both see.
+#[derive(Default)]
+struct LaneState {
+    /// Records in the queue.
+    queued: AtomicUsize,
+    /// Fetching stopped while restoring.
+    paused: AtomicBool,
+    restored: AtomicBool,
 }
 
 fn one(topic: &str, partition: i32) -> TopicPartitionList {
@@ -92,33 +111,34 @@ fn one(topic: &str, partition: i32) -> TopicPartitionList {
 impl Lane {
     fn spawn(shared: &Arc<Shared>, partition: i32) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let paused = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(LaneState::default());
         let stop = Shutdown::new();
         let task = {
-            let (shared, queued, paused, stop) = (
-                Arc::clone(shared),
-                Arc::clone(&queued),
-                Arc::clone(&paused),
-                stop.clone(),
-            );
+            let (shared, state, stop) = (Arc::clone(shared), Arc::clone(&state), stop.clone());
             tokio::spawn(async move {
                 let lane = LaneTask {
                     shared: &shared,
                     partition,
-                    queued: &queued,
-                    paused: &paused,
+                    state: &state,
                     stop: &stop,
                 };
-                if let Err(e) = lane.serve(rx).await {
+                let mut rx = rx;
+                let served = lane.serve(&mut rx).await;
+                // What was not started is read again by the partition's next owner.
+                rx.close();
+                while let Ok(work) = rx.try_recv() {
+                    if let Work::Event(_) = work {
+                        lane.dequeued();
+                    }
+                }
+                if let Err(e) = served {
                     shared.fail(format!("partition {partition}: {e:#}"));
                 }
             })
         };
         Self {
             tx,
-            queued,
-            paused,
+            state,
             stop,
             task,
         }
@@ -130,15 +150,14 @@ type Ack = futures::future::BoxFuture<'static, (i64, Result<(), String>)>;
 struct LaneTask<'a> {
     shared: &'a Shared,
     partition: i32,
-    queued: &'a AtomicUsize,
-    paused: &'a AtomicBool,
+    state: &'a LaneState,
     stop: &'a Shutdown,
 }
 
 impl LaneTask<'_> {
     /// Restores the partition, then routes its records until stopped;
     /// then waits for what is in flight and stores its offsets.
-    async fn serve(&self, mut rx: mpsc::UnboundedReceiver<Work>) -> anyhow::Result<()> {
+    async fn serve(&self, rx: &mut mpsc::UnboundedReceiver<Work>) -> anyhow::Result<()> {
         let s = self.shared;
         let (mut st, prefs_end) =
             restore(&s.config, &s.router, self.partition, s.clock.now_ms()).await?;
@@ -147,6 +166,10 @@ impl LaneTask<'_> {
         s.prefs_follower
             .incremental_assign(&tpl)
             .context("following preferences")?;
+        self.state.restored.store(true, Ordering::SeqCst);
+        if self.state.paused.swap(false, Ordering::SeqCst) {
+            let _ = s.consumer.resume(&one(&s.input_topic, self.partition));
+        }
         let mut in_flight: FuturesOrdered<Ack> = FuturesOrdered::new();
         let mut permit: Option<OwnedSemaphorePermit> = None;
         let mut evict = tokio::time::interval(s.config.router.evict_interval);
@@ -185,8 +208,7 @@ impl LaneTask<'_> {
                 () = self.stop.cancelled(), if in_flight.is_empty() => break Ok(()),
             }
         };
-        // Stopped (or failed): what was not started is read again by the
-        // partition's next owner; what was sent is waited for.
+        // Stopped (or failed): what was sent is waited for.
         drop(permit);
         while let Some((offset, result)) = in_flight.next().await {
             if result.is_ok() {
@@ -198,12 +220,12 @@ impl LaneTask<'_> {
         outcome
     }
 
-    /// Counts a record off the queue; resumes fetching below half of the mark.
+    /// Counts a record off the queues; wakes the loop when they fall
+    /// below half of [`READ_HIGH`].
     fn dequeued(&self) {
-        let left = self.queued.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-        if left < QUEUE_HIGH / 2 && self.paused.swap(false, Ordering::SeqCst) {
-            let s = self.shared;
-            let _ = s.consumer.resume(&one(&s.input_topic, self.partition));
+        self.state.queued.fetch_sub(1, Ordering::SeqCst);
+        if self.shared.queued.fetch_sub(1, Ordering::SeqCst) == READ_HIGH / 2 {
+            self.shared.room.notify_one();
         }
     }
 
@@ -301,12 +323,13 @@ pub(crate) async fn route(shared: Arc<Shared>, shutdown: Shutdown) -> anyhow::Re
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
                 () = shared.failed.cancelled() => return Ok(()),
+                () = shared.room.notified(), if shared.queued.load(Ordering::SeqCst) >= READ_HIGH => {}
                 Some(Ok(update)) = prefs_stream.next() => {
                     if let Some(lane) = lanes.get(&update.partition()) {
                         let _ = lane.tx.send(Work::Prefs(update.detach()));
                     }
                 }
-                msg = stream.next() => {
+                msg = stream.next(), if shared.queued.load(Ordering::SeqCst) < READ_HIGH => {
                     let Some(msg) = msg else { return Ok(()) };
                     let msg = msg.context("consumer error")?;
                     let partition = msg.partition();
@@ -321,9 +344,20 @@ pub(crate) async fn route(shared: Arc<Shared>, shutdown: Shutdown) -> anyhow::Re
                             slot.insert(Lane::spawn(&shared, partition))
                         }
                     };
-                    let queued = lane.queued.fetch_add(1, Ordering::SeqCst) + 1;
-                    let _ = lane.tx.send(Work::Event(msg.detach()));
-                    if queued > QUEUE_HIGH && !lane.paused.swap(true, Ordering::SeqCst) {
+                    let st = &lane.state;
+                    // Counted before it is sent: the task counts it off.
+                    let queued = st.queued.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared.queued.fetch_add(1, Ordering::SeqCst);
+                    if lane.tx.send(Work::Event(msg.detach())).is_err() {
+                        // The task ended (it failed; the loop stops next turn).
+                        st.queued.fetch_sub(1, Ordering::SeqCst);
+                        shared.queued.fetch_sub(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    if queued > RESTORE_HIGH
+                        && !st.restored.load(Ordering::SeqCst)
+                        && !st.paused.swap(true, Ordering::SeqCst)
+                    {
                         let _ = consumer.pause(&one(&shared.input_topic, partition));
                     }
                 }

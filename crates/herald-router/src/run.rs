@@ -532,6 +532,8 @@ pub async fn run_with_clock(
             None => {
                 let shared = Arc::new(partitioned::Shared {
                     permits: Arc::new(tokio::sync::Semaphore::new(config.router.max_in_flight)),
+                    queued: Default::default(),
+                    room: Default::default(),
                     router: Arc::clone(&router),
                     consumer: Arc::new(consumer),
                     producer,
@@ -679,9 +681,18 @@ impl TransactionalLoop<'_> {
         // Drain: commit the open transaction, leave.
         drop(stream);
         drop(prefs_stream);
+        let open = lock(txn).open;
+        let started = Instant::now();
         commit_txn(consumer, txn).await?;
+        tracing::info!(
+            open,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Drain: the open transaction is committed."
+        );
         let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
-        consumer.unsubscribe();
+        // The group is left when the consumer is dropped: its close serves
+        // a rebalance in progress. `unsubscribe` here could wait on that
+        // rebalance forever (nothing polls the consumer any more).
         Ok(())
     }
 
