@@ -43,7 +43,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -54,6 +54,10 @@ use crate::process::{Input, Out, PartitionState, Router};
 pub(crate) use herald_kafka::produce::{acked, send};
 
 use crate::templates::TemplateStore;
+
+/// How long a commit waits for its transaction's delivery reports before
+/// leaving the rest to librdkafka's own flush.
+const REPORTS_WAIT: Duration = Duration::from_secs(1);
 
 /// Header naming the transaction an output was written in.
 pub const TXN_HEADER: &str = "herald.txn";
@@ -80,6 +84,9 @@ struct Txn {
     timeout: Duration,
     /// Why the callback could not end the transaction; the loop stops.
     failed: Option<String>,
+    /// Delivery reports of the open transaction's outputs, awaited before
+    /// the commit (see [`commit_txn`]).
+    pending: Vec<DeliveryFuture>,
 }
 
 /// Whether a Kafka error says another producer took over this one's id.
@@ -158,6 +165,7 @@ impl Txn {
         let elapsed = self.began.elapsed();
         self.open = false;
         self.offsets.clear();
+        self.pending.clear();
         match result {
             Ok(()) => {
                 TransactionEnded {
@@ -192,6 +200,7 @@ impl Txn {
         }
         self.open = false;
         self.offsets.clear();
+        self.pending.clear();
         TransactionEnded {
             outcome: "aborted",
             records: self.records,
@@ -411,6 +420,7 @@ async fn transactional(config: &RouterConfig, input_topic: &str) -> anyhow::Resu
         incarnation,
         timeout,
         failed: None,
+        pending: Vec::new(),
     })
 }
 
@@ -426,6 +436,25 @@ async fn commit_txn(
     let cgm = consumer
         .group_metadata()
         .context("the consumer has no group metadata")?;
+    // librdkafka flushes before it commits, and rust-rdkafka's flush
+    // competes with the producer's polling thread for the delivery reports:
+    // it then sleeps its 100 ms poll interval. Awaiting the reports here
+    // first leaves it nothing to wait for (100 ms -> about 1 ms per commit
+    // on the mock cluster). A failed delivery makes the commit fail. The
+    // wait is bounded: a producer in an abortable state holds its messages
+    // until the transaction is aborted, which only the commit's failure
+    // leads to.
+    let pending = std::mem::take(&mut lock(txn).pending);
+    let waiting = pending.len();
+    if tokio::time::timeout(REPORTS_WAIT, futures::future::join_all(pending))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            records = waiting,
+            "Delivery reports of the transaction not all in after {REPORTS_WAIT:?}; committing anyway."
+        );
+    }
     let shared = Arc::clone(txn);
     let offsets = tokio::task::spawn_blocking(move || lock(&shared).commit(&cgm)).await??;
     if offsets.count() > 0 {
@@ -652,11 +681,13 @@ impl TransactionalLoop<'_> {
                     let offset = msg.offset();
                     drop(msg);
                     // Delivery of each output is confirmed by the commit.
+                    let mut sent = Vec::with_capacity(outs.len());
                     for o in outs {
-                        send(self.producer, o, Some((TXN_HEADER, &marker))).map_err(anyhow::Error::msg)?;
+                        sent.push(send(self.producer, o, Some((TXN_HEADER, &marker))).map_err(anyhow::Error::msg)?);
                     }
                     let full = {
                         let mut t = lock(txn);
+                        t.pending.append(&mut sent);
                         t.offsets.insert(partition, offset + 1);
                         t.records += 1;
                         t.records >= txn_max
@@ -717,7 +748,9 @@ impl TransactionalLoop<'_> {
                 payload: None,
                 headers: Vec::new(),
             };
-            drop(send(self.producer, tomb, Some((TXN_HEADER, &marker))));
+            if let Ok(f) = send(self.producer, tomb, Some((TXN_HEADER, &marker))) {
+                lock(self.txn).pending.push(f);
+            }
         }
         Ok(())
     }
