@@ -151,15 +151,16 @@ impl Shared {
             &topic,
             partition,
             self.config.deliver.restore_stall_timeout,
-            |key, value| {
-                let Some(id) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            herald_kafka::state::owned,
+            |(key, value)| {
+                let Some(id) = key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else {
                     return;
                 };
                 match value {
                     None => {
                         ledger.remove(id);
                     }
-                    Some(v) => match self.codec.decode_local::<LedgerEntry>(v) {
+                    Some(v) => match self.codec.decode_local::<LedgerEntry>(&v) {
                         Ok(e) if e.expires_at > now => ledger.insert(id, e.expires_at),
                         Ok(_) => {}
                         Err(_) => undecodable += 1,

@@ -66,8 +66,9 @@ pub enum RestoreError {
 /// Partitions with at least this many records are read in ranges, in
 /// parallel: a single fetcher is bound by the broker's round trips.
 const PARALLEL_MIN: i64 = 100_000;
-/// Ranges read at once at most.
-const MAX_RANGES: i64 = 8;
+/// Ranges read at once at most (1M records on 2 cores: 8 ranges 445k to
+/// 504k records/s, 12 ranges 546k to 572k, 16 ranges 378k to 430k).
+const MAX_RANGES: i64 = 12;
 
 type Restorer = StreamConsumer<DefaultConsumerContext>;
 
@@ -98,43 +99,6 @@ async fn restore_consumer(
     })
     .await
     .map_err(|e| RestoreError::Blocking(e.to_string()))?
-}
-
-/// Records of one range kept for later, in one buffer: (key, value) spans.
-#[derive(Default)]
-struct Buffered {
-    bytes: Vec<u8>,
-    /// Start and length of key and value; a length of `u32::MAX` is None.
-    spans: Vec<[u32; 4]>,
-}
-
-impl Buffered {
-    fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) {
-        let mut span = [0u32; 4];
-        for (i, part) in [key, value].into_iter().enumerate() {
-            span[2 * i] = u32::try_from(self.bytes.len()).unwrap_or(u32::MAX);
-            span[2 * i + 1] = match part {
-                Some(b) => {
-                    self.bytes.extend_from_slice(b);
-                    u32::try_from(b.len()).unwrap_or(u32::MAX)
-                }
-                None => u32::MAX,
-            };
-        }
-        self.spans.push(span);
-    }
-
-    fn replay(&self, f: &mut impl FnMut(Option<&[u8]>, Option<&[u8]>)) {
-        let part = |start: u32, len: u32| {
-            (len != u32::MAX).then(|| {
-                let start = start as usize;
-                &self.bytes[start..start + len as usize]
-            })
-        };
-        for [ks, kl, vs, vl] in &self.spans {
-            f(part(*ks, *kl), part(*vs, *vl));
-        }
-    }
 }
 
 /// Reads offsets `start..end` of `topic`/`partition` with `consumer`,
@@ -203,19 +167,36 @@ async fn read_range(
     Ok(records)
 }
 
+/// A record's key and value (None: absent, a tombstone).
+pub type OwnedRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A record's key and value as owned bytes: the `parse` of
+/// [`read_to_end`] for callers that decode in `apply`.
+pub fn owned(key: Option<&[u8]>, value: Option<&[u8]>) -> OwnedRecord {
+    (key.map(<[u8]>::to_vec), value.map(<[u8]>::to_vec))
+}
+
 /// Reads `topic`/`partition` from the beginning to the end offset found at
-/// the start, handing each record's key and value (None: tombstone) to `f`
-/// in offset order. Large partitions are fetched as up to four offset
-/// ranges at once; the later ranges are buffered (about 60 bytes per small
-/// record) until the earlier ones are applied.
-pub async fn read_to_end(
+/// the start: each record's key and value (None: a tombstone) go through
+/// `parse`, and what it returns to `apply`, in offset order. Large
+/// partitions are fetched as up to twelve offset ranges at once; the later
+/// ranges are parsed as they arrive, on any thread, and kept until the
+/// earlier ones are applied, so `apply` (the only step that runs in
+/// order) should be the cheap part.
+pub async fn read_to_end<T, P, A>(
     settings: &KafkaSettings,
     role: &str,
     topic: &str,
     partition: i32,
     stall_timeout: Duration,
-    mut f: impl FnMut(Option<&[u8]>, Option<&[u8]>),
-) -> Result<RestoreStats, RestoreError> {
+    parse: P,
+    mut apply: A,
+) -> Result<RestoreStats, RestoreError>
+where
+    T: Send + 'static,
+    P: Fn(Option<&[u8]>, Option<&[u8]>) -> T + Clone + Send + Sync + 'static,
+    A: FnMut(T),
+{
     let started = Instant::now();
     let (consumer, (low, high)) =
         restore_consumer(settings, role, Some((topic, partition))).await?;
@@ -226,14 +207,15 @@ pub async fn read_to_end(
         let bounds: Vec<(i64, i64)> = (0..ranges)
             .map(|i| (low + i * size, (low + (i + 1) * size).min(high)))
             .collect();
-        // Later ranges are fetched concurrently into buffers...
+        // Later ranges are fetched and parsed concurrently...
         let mut later = Vec::new();
         for &range in bounds.iter().skip(1) {
             let (settings, role, topic) = (settings.clone(), role.to_string(), topic.to_string());
+            let parse = parse.clone();
             later.push(tokio::spawn(async move {
                 let (consumer, _) = restore_consumer(&settings, &role, None).await?;
-                let mut buf = Buffered::default();
-                let mut keep = |k: Option<&[u8]>, v: Option<&[u8]>| buf.push(k, v);
+                let mut kept = Vec::new();
+                let mut keep = |k: Option<&[u8]>, v: Option<&[u8]>| kept.push(parse(k, v));
                 let n = read_range(
                     &consumer,
                     &topic,
@@ -243,7 +225,7 @@ pub async fn read_to_end(
                     &mut keep,
                 )
                 .await?;
-                Ok::<_, RestoreError>((n, buf))
+                Ok::<_, RestoreError>((n, kept))
             }));
         }
         // ...while the first is applied as it arrives; then the rest, in order.
@@ -253,14 +235,14 @@ pub async fn read_to_end(
             partition,
             bounds[0],
             stall_timeout,
-            &mut f,
+            &mut |k, v| apply(parse(k, v)),
         )
         .await?;
         for task in later {
-            let (n, buf) = task
+            let (n, kept) = task
                 .await
                 .map_err(|e| RestoreError::Blocking(e.to_string()))??;
-            buf.replay(&mut f);
+            kept.into_iter().for_each(&mut apply);
             records += n;
         }
     }

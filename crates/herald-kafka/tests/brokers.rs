@@ -264,6 +264,9 @@ async fn a_large_state_partition_is_read_in_ranges_and_applied_in_offset_order()
         |k, v| {
             let key = u32::from_be_bytes(k.unwrap().try_into().unwrap());
             let value = v.map(|v| u32::from_be_bytes(v.try_into().unwrap()));
+            (key, value)
+        },
+        |(key, value)| {
             seen.push(value.unwrap_or(key + 1_000_000_000));
             last.insert(key, value);
         },

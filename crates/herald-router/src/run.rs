@@ -31,7 +31,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use herald_codec::Codec;
 use herald_kafka::settings::ProducerKind;
-use herald_kafka::state::read_to_end;
+use herald_kafka::state::{owned, read_to_end, OwnedRecord};
 use herald_kafka::Topology;
 use herald_model::wire::DedupEntry;
 use herald_model::DedupKey;
@@ -283,10 +283,11 @@ fn load_templates(config: &RouterConfig) -> anyhow::Result<TemplateStore> {
 }
 
 /// Restores one partition: dedup state and preferences, each read to its
-/// end. Returns the state and the preferences offset to follow from.
+/// end (both at once). Returns the state and the preferences offset to
+/// follow from.
 pub async fn restore(
     config: &RouterConfig,
-    router: &Router,
+    router: &Arc<Router>,
     partition: i32,
     now: i64,
 ) -> anyhow::Result<(PartitionState, i64)> {
@@ -295,41 +296,49 @@ pub async fn restore(
     let stall = Duration::from_secs(30);
     let codec = router.codec();
     let mut bad = 0u64;
-    let stats = read_to_end(
+    // Entries are decoded where they are fetched; only the index insert
+    // runs in offset order.
+    let decoder = Arc::clone(router);
+    let decode = move |k: Option<&[u8]>, v: Option<&[u8]>| {
+        let key = k.and_then(DedupKey::from_bytes)?;
+        match v {
+            None => Some((key, None)),
+            Some(bytes) => decoder
+                .codec()
+                .decode_local::<DedupEntry>(bytes)
+                .ok()
+                .map(|e| (key, Some(e))),
+        }
+    };
+    let (state_topic, prefs_topic) = (topology.named("dedup-state"), topology.named("preferences"));
+    let dedup = &mut st.dedup;
+    let dedup_read = read_to_end(
         &config.kafka,
         "router",
-        &topology.named("dedup-state"),
+        &state_topic,
         partition,
         stall,
-        |k, v| {
-            let Some(key) = k.and_then(DedupKey::from_bytes) else {
-                bad += 1;
-                return;
-            };
-            match v {
-                None => st.dedup.restore(key, None, now),
-                Some(bytes) => match codec.decode_local::<DedupEntry>(bytes) {
-                    Ok(entry) => st.dedup.restore(key, Some(&entry), now),
-                    Err(_) => bad += 1,
-                },
-            }
+        decode,
+        |entry| match entry {
+            Some((key, e)) => dedup.restore(key, e.as_ref(), now),
+            None => bad += 1,
         },
-    )
-    .await?;
-    let mut raw_prefs: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-    let prefs_stats = read_to_end(
+    );
+    let mut raw_prefs: Vec<OwnedRecord> = Vec::new();
+    let prefs_read = read_to_end(
         &config.kafka,
         "router",
-        &topology.named("preferences"),
+        &prefs_topic,
         partition,
         stall,
-        |k, v| {
-            if let Some(user) = k.and_then(|k| std::str::from_utf8(k).ok()) {
-                raw_prefs.push((user.to_string(), v.map(<[u8]>::to_vec)));
-            }
-        },
-    )
-    .await?;
+        owned,
+        |record| raw_prefs.push(record),
+    );
+    let (stats, prefs_stats) = tokio::try_join!(dedup_read, prefs_read)?;
+    let raw_prefs = raw_prefs.into_iter().filter_map(|(k, v)| {
+        let user = String::from_utf8(k?).ok()?;
+        Some((user, v))
+    });
     for (user, value) in raw_prefs {
         if st
             .apply_preferences(codec, &user, value.as_deref())
@@ -602,7 +611,7 @@ pub async fn run_with_clock(
 /// routed (a commit never sees a record half sent).
 struct TransactionalLoop<'a> {
     config: &'a RouterConfig,
-    router: &'a Router,
+    router: &'a Arc<Router>,
     consumer: &'a StreamConsumer<RouterContext>,
     producer: &'a FutureProducer,
     txn: &'a Arc<Mutex<Txn>>,
