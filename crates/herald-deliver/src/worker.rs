@@ -190,13 +190,7 @@ impl Shared {
             .collect();
         for (p, ledger) in ledgers {
             for id in ledger.take_expired(now) {
-                let tomb = Out {
-                    topic: topic.clone(),
-                    partition: Some(p),
-                    key: Some(id.into_bytes()),
-                    payload: None,
-                    headers: Vec::new(),
-                };
+                let tomb = Out::tombstone(topic.clone(), p, id.into_bytes());
                 drop(send(&self.producer, tomb, None));
             }
         }

@@ -28,6 +28,17 @@ pub struct Out {
 }
 
 impl Out {
+    /// A tombstone for `key` in a compacted state topic's `partition`.
+    pub fn tombstone(topic: String, partition: i32, key: Vec<u8>) -> Self {
+        Self {
+            topic,
+            partition: Some(partition),
+            key: Some(key),
+            payload: None,
+            headers: Vec::new(),
+        }
+    }
+
     /// The dead letter of a source record: its original key and bytes,
     /// with the reason, the error and where it came from as headers.
     pub fn dead_letter(

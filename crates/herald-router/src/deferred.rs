@@ -240,7 +240,7 @@ impl Release {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Drain: deferred releases are committed."
         );
-        self.consumer.unsubscribe();
+        // The group is left when the consumer is dropped (see `run::run_with_clock`).
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use anyhow::Context;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use herald_kafka::produce::{acked, send, Out};
-use herald_telemetry::Shutdown;
+use herald_telemetry::{AdminState, Shutdown};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use crate::config::RouterConfig;
 use crate::deferred::Clock;
 use crate::process::{Input, PartitionState, Router};
-use crate::run::{lock, restore, RouterContext};
+use crate::run::{apply_preferences, lock, restore, RouterContext};
 
 /// Records queued for all tasks before the loop stops reading (about
 /// 4 MB of 300-byte events).
@@ -194,7 +194,7 @@ impl LaneTask<'_> {
                 work = rx.recv(), if taking && permit.is_some() => {
                     let Some(work) = work else { break Ok(()) };
                     match work {
-                        Work::Prefs(update) => self.apply_preferences(&mut st, &update).await,
+                        Work::Prefs(update) => apply_preferences(&mut st, &s.router, &update).await,
                         Work::Event(msg) => {
                             self.dequeued();
                             let held = permit.take();
@@ -269,31 +269,12 @@ impl LaneTask<'_> {
     fn evict(&self, st: &mut PartitionState) {
         let s = self.shared;
         for key in st.dedup.evict_expired(s.clock.now_ms()) {
-            let tomb = Out {
-                topic: s.state_topic.clone(),
-                partition: Some(self.partition),
-                key: Some(key.to_bytes().to_vec()),
-                payload: None,
-                headers: Vec::new(),
-            };
-            drop(send(&s.producer, tomb, None));
-        }
-    }
-
-    async fn apply_preferences(&self, st: &mut PartitionState, msg: &OwnedMessage) {
-        let Some(user) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-            return;
-        };
-        if let Err(e) = st
-            .apply_preferences(self.shared.router.codec(), user, msg.payload())
-            .await
-        {
-            tracing::warn!(
-                partition = msg.partition(),
-                offset = msg.offset(),
-                reason = e.reason(),
-                "Preferences record skipped: undecodable."
+            let tomb = Out::tombstone(
+                s.state_topic.clone(),
+                self.partition,
+                key.to_bytes().to_vec(),
             );
+            drop(send(&s.producer, tomb, None));
         }
     }
 }
@@ -301,7 +282,11 @@ impl LaneTask<'_> {
 /// Reads the notifications topic and hands records to their partitions'
 /// tasks until `shutdown` or a task fails; then stops the tasks, waits for
 /// their in-flight work, commits the stored offsets and leaves the group.
-pub(crate) async fn route(shared: Arc<Shared>, shutdown: Shutdown) -> anyhow::Result<()> {
+pub(crate) async fn route(
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    admin: &AdminState,
+) -> anyhow::Result<()> {
     let mut lanes: HashMap<i32, Lane> = HashMap::new();
     // Tasks of revoked partitions, still finishing their in-flight work.
     let mut stopping: HashMap<i32, tokio::task::JoinHandle<()>> = HashMap::new();
@@ -366,6 +351,7 @@ pub(crate) async fn route(shared: Arc<Shared>, shutdown: Shutdown) -> anyhow::Re
     }
     .await;
     // Drain: every task finishes what it sent and stores its offsets.
+    admin.set_ready(false);
     for lane in lanes.values() {
         lane.stop.trigger();
     }
@@ -387,7 +373,7 @@ pub(crate) async fn route(shared: Arc<Shared>, shutdown: Shutdown) -> anyhow::Re
             tracing::warn!(error = %e, "Final commit failed; uncommitted records will be re-read.")
         }
     }
-    consumer.unsubscribe();
+    // The group is left when the consumer is dropped (see `run_with_clock`).
     outcome?;
     match lock(&shared.why).take() {
         Some(why) => Err(anyhow::anyhow!("{why}")),

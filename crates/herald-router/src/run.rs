@@ -367,14 +367,13 @@ pub async fn restore(
 }
 
 /// Applies one preferences record (a tombstone deletes) to its partition.
-async fn apply_preferences(
-    states: &mut HashMap<i32, PartitionState>,
+/// Applies one record of the preferences topic (a tombstone deletes) to
+/// its partition's state.
+pub(crate) async fn apply_preferences(
+    st: &mut PartitionState,
     router: &Router,
     msg: &impl Message,
 ) {
-    let Some(st) = states.get_mut(&msg.partition()) else {
-        return;
-    };
     let Some(user) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
         return;
     };
@@ -584,7 +583,7 @@ pub async fn run_with_clock(
                     why: Mutex::default(),
                     config: config.clone(),
                 });
-                partitioned::route(shared, shutdown.clone()).await
+                partitioned::route(shared, shutdown.clone(), &admin).await
             }
             Some(txn) => {
                 let loop_ = TransactionalLoop {
@@ -597,11 +596,14 @@ pub async fn run_with_clock(
                     prefs_topic: &prefs_topic,
                     clock: &clock,
                 };
-                loop_.run(&shutdown).await
+                loop_.run(&shutdown, &admin).await
             }
         }
     };
     tokio::try_join!(route, release)?;
+    // The consumers leave their groups as they are dropped: a consumer's
+    // close serves a rebalance in progress, where `unsubscribe` after the
+    // last poll could wait on that rebalance past the drain deadline.
     tracing::info!("Router drained.");
     Ok(())
 }
@@ -621,7 +623,7 @@ struct TransactionalLoop<'a> {
 }
 
 impl TransactionalLoop<'_> {
-    async fn run(&self, shutdown: &Shutdown) -> anyhow::Result<()> {
+    async fn run(&self, shutdown: &Shutdown, admin: &AdminState) -> anyhow::Result<()> {
         let (config, consumer, txn) = (self.config, self.consumer, self.txn);
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         let mut last_evict = Instant::now();
@@ -662,7 +664,9 @@ impl TransactionalLoop<'_> {
                 _ = shutdown.cancelled() => break,
                 _ = &mut timer => {}
                 Some(Ok(update)) = prefs_stream.next() => {
-                    apply_preferences(&mut states, self.router, &update).await;
+                    if let Some(st) = states.get_mut(&update.partition()) {
+                        apply_preferences(st, self.router, &update).await;
+                    }
                 }
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
@@ -719,6 +723,7 @@ impl TransactionalLoop<'_> {
             }
         }
         // Drain: commit the open transaction, leave.
+        admin.set_ready(false);
         drop(stream);
         drop(prefs_stream);
         let open = lock(txn).open;
@@ -730,9 +735,7 @@ impl TransactionalLoop<'_> {
             "Drain: the open transaction is committed."
         );
         let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
-        // The group is left when the consumer is dropped: its close serves
-        // a rebalance in progress. `unsubscribe` here could wait on that
-        // rebalance forever (nothing polls the consumer any more).
+        // The group is left when the consumer is dropped (see `run_with_clock`).
         Ok(())
     }
 
@@ -749,18 +752,14 @@ impl TransactionalLoop<'_> {
         }
         let marker = lock(self.txn).begin()?;
         let state_topic = self.router.topology().named("dedup-state");
-        for (partition, key) in expired {
-            let tomb = Out {
-                topic: state_topic.clone(),
-                partition: Some(partition),
-                key: Some(key.to_bytes().to_vec()),
-                payload: None,
-                headers: Vec::new(),
-            };
-            if let Ok(f) = send(self.producer, tomb, Some((TXN_HEADER, &marker))) {
-                lock(self.txn).pending.push(f);
-            }
-        }
+        let sent: Vec<_> = expired
+            .into_iter()
+            .filter_map(|(partition, key)| {
+                let tomb = Out::tombstone(state_topic.clone(), partition, key.to_bytes().to_vec());
+                send(self.producer, tomb, Some((TXN_HEADER, &marker))).ok()
+            })
+            .collect();
+        lock(self.txn).pending.extend(sent);
         Ok(())
     }
 }
