@@ -134,10 +134,20 @@ async fn preload(broker: &TestBroker, topology: &Topology, n: u64) -> usize {
 
 /// Consumes the input and re-produces the same bytes; offsets stored from
 /// delivery reports in input order. Returns records per second.
-async fn raw_copy(broker: &TestBroker, topology: &Topology, n: u64, max_in_flight: usize) -> f64 {
+async fn raw_copy(
+    broker: &TestBroker,
+    topology: &Topology,
+    n: u64,
+    max_in_flight: usize,
+    copies: usize,
+) -> f64 {
     let settings = broker.settings();
-    let copy = format!("{}.raw-copy", topology.settings().prefix);
-    broker.create_topic(&copy, PARTITIONS, &[]).await;
+    let mut targets = Vec::new();
+    for i in 0..copies {
+        let copy = format!("{}.raw-copy-{copies}-{i}", topology.settings().prefix);
+        broker.create_topic(&copy, PARTITIONS, &[]).await;
+        targets.push(copy);
+    }
     let consumer: StreamConsumer<DefaultConsumerContext> = settings
         .consumer("router", &broker.group("raw-copy"), DefaultConsumerContext)
         .unwrap();
@@ -161,17 +171,26 @@ async fn raw_copy(broker: &TestBroker, topology: &Topology, n: u64, max_in_fligh
                 Some(m) = stream.next(), if acks.len() < max_in_flight => {
                     let m = m.unwrap();
                     first.get_or_insert_with(Instant::now);
-                    let mut r = FutureRecord::to(&copy);
-                    if let Some(k) = m.key() {
-                        r = r.key(k);
-                    }
-                    if let Some(v) = m.payload() {
-                        r = r.payload(v);
-                    }
-                    let f = producer.send_result(r).map_err(|(e, _)| e).unwrap();
+                    let sent: Vec<_> = targets
+                        .iter()
+                        .map(|copy| {
+                            let mut r = FutureRecord::to(copy);
+                            if let Some(k) = m.key() {
+                                r = r.key(k);
+                            }
+                            if let Some(v) = m.payload() {
+                                r = r.payload(v);
+                            }
+                            producer.send_result(r).map_err(|(e, _)| e).unwrap()
+                        })
+                        .collect();
                     let (p, o) = (m.partition(), m.offset());
                     acks.push_back(async move {
-                        (p, o, f.await.unwrap().map_err(|(e, _)| e))
+                        let mut result = Ok(());
+                        for f in sent {
+                            result = result.and(f.await.unwrap().map(|_| ()).map_err(|(e, _)| e));
+                        }
+                        (p, o, result)
                     });
                 }
             }
@@ -239,15 +258,48 @@ async fn throughput_row(broker: &TestBroker, name: &str, guarantee: Guarantee, n
         .herald_topology("bench", PARTITIONS, PARTITIONS)
         .await;
     let size = preload(broker, &topology, n).await;
-    let raw = raw_copy(broker, &topology, n, 10_000).await;
-    let routed = router(broker, &topology, n, guarantee).await;
+    let raw = measured(n, raw_copy(broker, &topology, n, 10_000, 1)).await;
+    let raw3 = measured(n, raw_copy(broker, &topology, n, 10_000, 3)).await;
+    let routed = measured(n, router(broker, &topology, n, guarantee)).await;
     println!(
-        "| {name} | {} | {n} | {size} B | {:.0}/s | {:.0}/s | {:.2} | 0.8 |",
+        "| {name} | {} | {n} | {size} B | {:.0}/s | {:.0}/s | {:.2} | 0.8 | {:.0}/s | {:.2} | {:.1} / {:.1} / {:.1} µs |",
         guarantee.as_str(),
-        raw,
-        routed,
-        routed / raw
+        raw.rate,
+        routed.rate,
+        routed.rate / raw.rate,
+        raw3.rate,
+        routed.rate / raw3.rate,
+        raw.cpu_us,
+        raw3.cpu_us,
+        routed.cpu_us,
     );
+}
+
+/// A rate and this process's CPU time per event while it was measured.
+struct Measured {
+    rate: f64,
+    cpu_us: f64,
+}
+
+async fn measured(n: u64, run: impl std::future::Future<Output = f64>) -> Measured {
+    let before = cpu_seconds();
+    let rate = run.await;
+    Measured {
+        rate,
+        cpu_us: (cpu_seconds() - before) * 1e6 / n as f64,
+    }
+}
+
+/// User and system CPU time of this process so far (`/proc/self/stat`,
+/// in the kernel's 100 Hz ticks).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the line.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
 }
 
 async fn restore_row(name: &str, kind: BrokerKind, entries: u64) {
@@ -349,9 +401,9 @@ async fn main() {
         );
         println!();
         println!(
-            "| broker | guarantee | events | event size | raw copy | router | ratio | target |"
+            "| broker | guarantee | events | event size | raw copy | router | ratio | target | raw copy x3 | router / x3 | CPU per event: raw, x3, router |"
         );
-        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let nisshi = TestBroker::start(BrokerKind::Fast);
         throughput_row(&nisshi, "nisshi (memory)", Guarantee::AtLeastOnce, n).await;
         drop(nisshi);
