@@ -122,8 +122,8 @@ impl Codec {
         match (self.framing, &self.registry) {
             (Framing::Confluent, Some(registry)) => {
                 let id = registry.schema_id(topic, T::NAME, source_of::<T>()).await?;
-                let mut out = framing::confluent(id, 256);
-                write_body(&mut out, value)?;
+                let mut out = framing::confluent(id, BODY_CAPACITY);
+                write_body(&mut out, contract::prepared(T::NAME), value)?;
                 Ok(out)
             }
             _ => encode_single_object(value),
@@ -133,13 +133,18 @@ impl Codec {
 
 /// Encodes `value` in single-object framing (no registry, no I/O).
 pub fn encode_single_object<T: Record>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    let fingerprint = contract::prepared(T::NAME)
+    let prepared = contract::prepared(T::NAME);
+    let fingerprint = prepared
         .map(|p| p.fingerprint)
         .unwrap_or_else(|| contract::fingerprint(T::schema()));
-    let mut out = framing::single_object(fingerprint, 256);
-    write_body(&mut out, value)?;
+    let mut out = framing::single_object(fingerprint, BODY_CAPACITY);
+    write_body(&mut out, prepared, value)?;
     Ok(out)
 }
+
+/// Room reserved for a record's body: a channel message with its content
+/// is about 400 bytes, and growing the buffer on the way costs copies.
+const BODY_CAPACITY: usize = 512;
 
 fn source_of<T: Record>() -> &'static str {
     contract::SOURCES
@@ -149,8 +154,12 @@ fn source_of<T: Record>() -> &'static str {
         .unwrap_or("")
 }
 
-fn write_body<T: Record>(out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
-    match contract::prepared(T::NAME) {
+fn write_body<T: Record>(
+    out: &mut Vec<u8>,
+    prepared: Option<&contract::Prepared>,
+    value: &T,
+) -> Result<(), EncodeError> {
+    match prepared {
         Some(p) => {
             let config = &mut serde_avro_fast::ser::SerializerConfig::new(&p.fast);
             serde_avro_fast::to_datum(value, out, config).map_err(|e| EncodeError::Schema {

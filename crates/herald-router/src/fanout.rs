@@ -122,18 +122,23 @@ pub fn content(
     })
 }
 
-/// The channel messages for one channel of one event.
+/// The channel messages for one channel of one event (whose dedup key
+/// is `key`).
 pub fn channel_messages(
     event: &NotificationRequested,
+    key: DedupKey,
     channel: Channel,
-    content: &RenderedContent,
+    content: RenderedContent,
     source: &SourceRef,
     not_before: Option<i64>,
 ) -> Vec<ChannelMessage> {
-    let key = DedupKey::new(&event.tenant, &event.category, &event.idempotency_key);
-    recipients(event, channel)
+    let recipients = recipients(event, channel);
+    let last = recipients.len().saturating_sub(1);
+    let mut content = Some(content);
+    recipients
         .into_iter()
-        .map(|recipient| ChannelMessage {
+        .enumerate()
+        .map(|(i, recipient)| ChannelMessage {
             notification_id: NotificationId::new(key, channel, &recipient.address).to_string(),
             idempotency_key: event.idempotency_key.clone(),
             tenant: event.tenant.clone(),
@@ -142,7 +147,13 @@ pub fn channel_messages(
             priority: event.priority,
             channel,
             recipient,
-            content: content.clone(),
+            // The last recipient takes the content, the others a copy.
+            content: if i == last {
+                content.take()
+            } else {
+                content.clone()
+            }
+            .unwrap_or_default(),
             source: source.clone(),
             attempt: 0,
             not_before,
@@ -160,6 +171,10 @@ mod tests {
     use herald_model::wire::{Device, TemplateRef};
     use herald_model::DevicePlatform;
 
+    fn key(e: &NotificationRequested) -> DedupKey {
+        DedupKey::new(&e.tenant, &e.category, &e.idempotency_key)
+    }
+
     fn source() -> SourceRef {
         SourceRef {
             topic: "herald.notifications".into(),
@@ -176,14 +191,15 @@ mod tests {
             platform: DevicePlatform::Fcm,
         });
         let c = content(&e, Channel::Push, &TemplateStore::default(), None).expect("content");
-        let msgs = channel_messages(&e, Channel::Push, &c, &source(), None);
+        let msgs = channel_messages(&e, key(&e), Channel::Push, c.clone(), &source(), None);
         assert_eq!(msgs.len(), 2);
         assert_ne!(msgs[0].notification_id, msgs[1].notification_id);
         assert_eq!(msgs[1].recipient.platform, Some(DevicePlatform::Fcm));
         let again = channel_messages(
             &e,
+            key(&e),
             Channel::Push,
-            &c,
+            c,
             &SourceRef {
                 offset: 99,
                 ..source()
@@ -195,6 +211,10 @@ mod tests {
             "same event, same id, wherever it was read"
         );
         assert_eq!(msgs[0].content.title.as_deref(), Some("Your receipt"));
+        assert_eq!(
+            msgs[0].content, msgs[1].content,
+            "every recipient gets the content"
+        );
     }
 
     #[test]

@@ -382,7 +382,8 @@ impl Router {
             };
             let latency =
                 Duration::from_millis(u64::try_from(now_ms - event.created_at).unwrap_or(0));
-            for msg in fanout::channel_messages(&event, channel, &content, &source, not_before) {
+            for msg in fanout::channel_messages(&event, key, channel, content, &source, not_before)
+            {
                 if not_before.is_some() {
                     Suppressed {
                         reason: "quiet_hours",
