@@ -1,6 +1,7 @@
 //! Restore at scale: with 1M entries in the dedup state topic, a fresh
 //! router restores the partition before processing it and rejects a
-//! duplicate of the oldest live entry.
+//! duplicate of the oldest live entry. Meanwhile its other partition,
+//! with no state, is routed: a restore holds up only its own partition.
 //!
 //! Size: `HERALD_RESTORE_ENTRIES` (default 1000000).
 
@@ -34,7 +35,7 @@ async fn a_fresh_router_restores_a_million_entries_and_rejects_the_oldest_duplic
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let broker = TestBroker::start(BrokerKind::Fast);
-    let topology = broker.herald_topology("restore", 1, 1).await;
+    let topology = broker.herald_topology("restore", 2, 1).await;
     let state_topic = topology.named("dedup-state");
 
     // The state as an earlier router left it: entry i for event order-i,
@@ -84,13 +85,16 @@ async fn a_fresh_router_restores_a_million_entries_and_rejects_the_oldest_duplic
         AdminState::new("restore-test"),
     ));
 
-    // A duplicate of the oldest entry (order-0), and a new event.
+    // In partition 0 (the restored one), a duplicate of the oldest entry
+    // (order-0) and a new event; then a new event in partition 1.
     let started = Instant::now();
-    for n in [0u64, entries as u64] {
+    let (new, other) = (entries as u64, entries as u64 + 1);
+    for (n, partition) in [(0u64, 0), (new, 0), (other, 1)] {
         let e = sample::notification(n, now());
         producer
             .send(
                 FutureRecord::to(&topology.notifications())
+                    .partition(partition)
                     .key(&e.user_id)
                     .payload(&encode_single_object(&e).unwrap()),
                 Timeout::After(Duration::from_secs(10)),
@@ -102,7 +106,7 @@ async fn a_fresh_router_restores_a_million_entries_and_rejects_the_oldest_duplic
     let codec = Codec::single_object();
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut pushed = Vec::new();
-    while pushed.is_empty() && Instant::now() < deadline {
+    while pushed.len() < 2 && Instant::now() < deadline {
         pushed = broker
             .read_all(
                 &topology.lane(Channel::Push, Priority::Normal),
@@ -113,7 +117,7 @@ async fn a_fresh_router_restores_a_million_entries_and_rejects_the_oldest_duplic
     }
     let restored_and_routed = started.elapsed();
     let statuses: Vec<DeliveryStatus> = broker
-        .read_all(&topology.named("status"), 1, Duration::from_secs(2))
+        .read_all(&topology.named("status"), 2, Duration::from_secs(2))
         .await
         .iter()
         .map(|m| codec.decode_local(m.payload().unwrap()).unwrap())
@@ -125,19 +129,30 @@ async fn a_fresh_router_restores_a_million_entries_and_rejects_the_oldest_duplic
         .unwrap()
         .unwrap();
 
-    let keys: Vec<String> = pushed
+    // Each new event's push, with the instant the router produced it.
+    let sent_at: std::collections::BTreeMap<String, i64> = pushed
         .iter()
         .map(|m| {
-            codec
+            let key = codec
                 .decode_local::<herald_model::wire::ChannelMessage>(m.payload().unwrap())
                 .unwrap()
-                .idempotency_key
+                .idempotency_key;
+            (key, m.timestamp().to_millis().unwrap())
         })
         .collect();
     assert_eq!(
-        keys,
-        vec![format!("order-{entries}")],
-        "only the new event is sent"
+        sent_at.keys().collect::<Vec<_>>(),
+        [&format!("order-{new}"), &format!("order-{other}")],
+        "only the new events are sent"
+    );
+    let (restored_side, other_side) = (
+        sent_at[&format!("order-{new}")],
+        sent_at[&format!("order-{other}")],
+    );
+    assert!(
+        other_side < restored_side,
+        "partition 1 waited for partition 0's restore: its event was sent at {other_side}, \
+         partition 0's (after its restore) at {restored_side}"
     );
     let dup = statuses
         .iter()
@@ -145,8 +160,10 @@ async fn a_fresh_router_restores_a_million_entries_and_rejects_the_oldest_duplic
         .expect("a DUPLICATE status");
     assert_eq!(dup.idempotency_key.as_deref(), Some("order-0"));
     println!(
-        "restore test: {entries} entries written in {:.1}s; restored and routed in {:.1}s (debug build)",
+        "restore test: {entries} entries written in {:.1}s; restored and routed in {:.1}s (debug build); \
+         partition 1 was routed {} ms before partition 0",
         filled.as_secs_f64(),
-        restored_and_routed.as_secs_f64()
+        restored_and_routed.as_secs_f64(),
+        restored_side - other_side
     );
 }
