@@ -75,21 +75,25 @@ pub fn send(
     out: Out,
     extra_header: Option<(&str, &[u8])>,
 ) -> Result<DeliveryFuture, String> {
-    let mut headers = OwnedHeaders::new();
-    for (k, v) in &out.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_slice()),
-        });
+    let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(&out.topic);
+    // Most records have no headers: an empty header list would still be
+    // allocated, copied and freed by librdkafka for each of them.
+    if !out.headers.is_empty() || extra_header.is_some() {
+        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len() + 1);
+        for (k, v) in &out.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        if let Some((key, value)) = extra_header {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        record = record.headers(headers);
     }
-    if let Some((key, value)) = extra_header {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
-    let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> =
-        FutureRecord::to(&out.topic).headers(headers);
     if let Some(k) = &out.key {
         record = record.key(k);
     }
