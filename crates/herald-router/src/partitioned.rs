@@ -145,7 +145,54 @@ impl Lane {
     }
 }
 
+/// Resolves with the offset of a batch's last record once every output of
+/// the batch is acknowledged.
 type Ack = futures::future::BoxFuture<'static, (i64, Result<(), String>)>;
+type Sent = Result<rdkafka::producer::DeliveryFuture, String>;
+
+/// Records a partition's task routes in one go, at most.
+const BATCH_MAX: usize = 64;
+
+/// Consecutive records of one partition whose outputs are in flight.
+#[derive(Default)]
+struct Batch {
+    records: usize,
+    last: i64,
+    sent: Vec<Sent>,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Batch {
+    fn add(&mut self, offset: i64, sent: Vec<Sent>, permit: Option<OwnedSemaphorePermit>) {
+        self.records += 1;
+        self.last = offset;
+        self.sent.extend(sent);
+        self.permits.extend(permit);
+    }
+
+    /// The batch's acknowledgement; None if it has no record.
+    fn acknowledged(self) -> Option<Ack> {
+        if self.records == 0 {
+            return None;
+        }
+        // `store_offset` takes the record's own offset (it stores the next).
+        let Self {
+            last,
+            sent,
+            permits,
+            ..
+        } = self;
+        Some(Box::pin(async move {
+            let _permits = permits;
+            for f in sent {
+                if let Err(e) = acked(f).await {
+                    return (last, Err(e));
+                }
+            }
+            (last, Ok(()))
+        }))
+    }
+}
 
 struct LaneTask<'a> {
     shared: &'a Shared,
@@ -193,16 +240,41 @@ impl LaneTask<'_> {
                 }
                 work = rx.recv(), if taking && permit.is_some() => {
                     let Some(work) = work else { break Ok(()) };
-                    match work {
-                        Work::Prefs(update) => apply_preferences(&mut st, &s.router, &update).await,
-                        Work::Event(msg) => {
-                            self.dequeued();
-                            let held = permit.take();
-                            match self.route(&mut st, &msg, held).await {
-                                Ok(ack) => in_flight.push_back(ack),
-                                Err(e) => break Err(e),
+                    // Whatever else is queued, and may be sent, goes with
+                    // it: one acknowledgement and one stored offset per batch.
+                    let mut batch = Batch::default();
+                    let mut next = Some(work);
+                    let mut failed = None;
+                    while let Some(work) = next.take() {
+                        match work {
+                            Work::Prefs(update) => apply_preferences(&mut st, &s.router, &update).await,
+                            Work::Event(msg) => {
+                                self.dequeued();
+                                match self.route(&mut st, &msg).await {
+                                    Ok(sent) => batch.add(msg.offset(), sent, permit.take()),
+                                    Err(e) => {
+                                        failed = Some(e);
+                                        break;
+                                    }
+                                }
                             }
                         }
+                        if batch.records >= BATCH_MAX || self.stop.is_triggered() {
+                            break;
+                        }
+                        if permit.is_none() {
+                            match Arc::clone(&s.permits).try_acquire_owned() {
+                                Ok(p) => permit = Some(p),
+                                Err(_) => break,
+                            }
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                    if let Some(ack) = batch.acknowledged() {
+                        in_flight.push_back(ack);
+                    }
+                    if let Some(e) = failed {
+                        break Err(e);
                     }
                 }
                 () = self.stop.cancelled(), if in_flight.is_empty() => break Ok(()),
@@ -229,14 +301,12 @@ impl LaneTask<'_> {
         }
     }
 
-    /// Routes one input record and sends its outputs; the returned future
-    /// resolves (with the record's offset) when all are acknowledged.
+    /// Routes one input record and sends its outputs.
     async fn route(
         &self,
         st: &mut PartitionState,
         msg: &OwnedMessage,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> anyhow::Result<Ack> {
+    ) -> anyhow::Result<Vec<Sent>> {
         let s = self.shared;
         let input = Input {
             topic: msg.topic(),
@@ -246,21 +316,10 @@ impl LaneTask<'_> {
             payload: msg.payload(),
         };
         let outs = s.router.process(st, input, s.clock.now_ms()).await?;
-        let sent: Vec<_> = outs
+        Ok(outs
             .into_iter()
             .map(|o| send(&s.producer, o, None))
-            .collect();
-        // `store_offset` takes the record's own offset (it stores the next).
-        let offset = msg.offset();
-        Ok(Box::pin(async move {
-            let _permit = permit;
-            for f in sent {
-                if let Err(e) = acked(f).await {
-                    return (offset, Err(e));
-                }
-            }
-            (offset, Ok(()))
-        }))
+            .collect())
     }
 
     /// Evicts expired dedup entries and tombstones them, so compaction
