@@ -11,8 +11,10 @@
 //! entries, preferences) before its first record, then routes records in
 //! order, produces their outputs, and stores an input offset once every
 //! output of that record and of the records before it is acknowledged.
-//! Tasks run on every worker thread of the runtime, so partitions are
-//! routed in parallel.
+//! What is queued when a task takes a record is routed with it, up to
+//! [`BATCH_MAX`] records: one acknowledgement to wait for and one offset
+//! to store per batch. Tasks run on every worker thread of the runtime,
+//! so partitions are routed in parallel.
 //!
 //! `max_in_flight` stays a bound for the whole instance: each input record
 //! holds a permit of one semaphore until its outputs are acknowledged.
