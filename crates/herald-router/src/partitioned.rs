@@ -153,7 +153,7 @@ type Ack = futures::future::BoxFuture<'static, (i64, Result<(), String>)>;
 type Sent = Result<rdkafka::producer::DeliveryFuture, String>;
 
 /// Records a partition's task routes in one go, at most.
-const BATCH_MAX: usize = 64;
+pub const BATCH_MAX: usize = 64;
 
 /// Consecutive records of one partition whose outputs are in flight.
 #[derive(Default)]
