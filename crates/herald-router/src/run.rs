@@ -1,7 +1,7 @@
 //! The router's Kafka loops.
 //!
 //! `at_least_once` (the partitions are routed in parallel, one task each:
-//! [`crate::partitioned`]): for each input record the state record, the
+//! `partitioned`): for each input record the state record, the
 //! channel messages, status events and dead letters are produced
 //! (idempotent producer, acks=all); only when every one of them is
 //! acknowledged is the input offset stored, in input order, for the next
