@@ -108,6 +108,17 @@ pub fn send(
         .map_err(|(e, _)| format!("{}: {e}", out.topic))
 }
 
+/// Waits up to `timeout` for every record the producer holds to be
+/// acknowledged (librdkafka's flush, which blocks: it runs on tokio's
+/// blocking pool, not on an async worker).
+pub async fn flush(producer: &FutureProducer, timeout: std::time::Duration) {
+    let producer = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        rdkafka::producer::Producer::flush(&producer, rdkafka::util::Timeout::After(timeout))
+    })
+    .await;
+}
+
 /// Waits for a record's acknowledgement (or reports why it was refused).
 pub async fn acked(sent: Result<DeliveryFuture, String>) -> Result<(), String> {
     match sent?.await {

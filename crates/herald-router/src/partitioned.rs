@@ -32,8 +32,7 @@ use herald_telemetry::{AdminState, Shutdown};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -423,9 +422,7 @@ pub(crate) async fn route(
     for (_, task) in stopping.drain() {
         let _ = task.await;
     }
-    let _ = shared
-        .producer
-        .flush(Timeout::After(std::time::Duration::from_secs(10)));
+    herald_kafka::produce::flush(&shared.producer, std::time::Duration::from_secs(10)).await;
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
         // Nothing new since the last commit.

@@ -44,7 +44,6 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
-use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{Guarantee, RouterConfig};
@@ -366,7 +365,6 @@ pub async fn restore(
     Ok((st, prefs_stats.end_offset))
 }
 
-/// Applies one preferences record (a tombstone deletes) to its partition.
 /// Applies one record of the preferences topic (a tombstone deletes) to
 /// its partition's state.
 pub(crate) async fn apply_preferences(
@@ -734,7 +732,7 @@ impl TransactionalLoop<'_> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Drain: the open transaction is committed."
         );
-        let _ = self.producer.flush(Timeout::After(Duration::from_secs(10)));
+        herald_kafka::produce::flush(self.producer, Duration::from_secs(10)).await;
         // The group is left when the consumer is dropped (see `run_with_clock`).
         Ok(())
     }
