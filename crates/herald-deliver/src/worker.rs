@@ -739,7 +739,8 @@ pub async fn run(
                     let msg = match next {
                         None => return Ok(()),
                         Some(Err(e)) => {
-                            tracing::warn!(error = %e, "Consumer error.");
+                            herald_kafka::ride_out("deliver", e)
+                            .context("consumer error")?;
                             continue;
                         }
                         Some(Ok(m)) => m.detach(),

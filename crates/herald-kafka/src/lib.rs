@@ -10,12 +10,14 @@
 //! Nothing outside this crate calls `ClientConfig::new()`. This crate knows no
 //! Avro and no notification logic.
 
+pub mod consume;
 pub mod embedded;
 pub mod produce;
 pub mod settings;
 pub mod state;
 pub mod topology;
 
+pub use consume::{on_consumer_error, ride_out, ConsumerVerdict};
 pub use embedded::EmbeddedCluster;
 pub use produce::{acked, send, Out};
 pub use settings::{KafkaSettings, Security, SecurityProtocol, SettingsError};

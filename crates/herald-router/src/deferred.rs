@@ -157,7 +157,13 @@ impl Release {
                 _ = tokio::time::sleep(wait) => {}
                 msg = stream.next(), if due.len() < self.max_held => {
                     let Some(msg) = msg else { break };
-                    let msg = msg.context("consumer error")?;
+                    let msg = match msg {
+                        Ok(msg) => msg,
+                        Err(e) => {
+                            herald_kafka::ride_out("router", e).context("consumer error")?;
+                            continue;
+                        }
+                    };
                     let (p, offset) = (msg.partition(), msg.offset());
                     let po = parts.entry(p).or_default();
                     po.next = offset + 1;

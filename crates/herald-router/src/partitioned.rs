@@ -376,7 +376,13 @@ pub(crate) async fn route(
                 }
                 msg = stream.next(), if shared.queued.load(Ordering::SeqCst) < READ_HIGH => {
                     let Some(msg) = msg else { return Ok(()) };
-                    let msg = msg.context("consumer error")?;
+                    let msg = match msg {
+                        Ok(msg) => msg,
+                        Err(e) => {
+                            herald_kafka::ride_out("router", e).context("consumer error")?;
+                            continue;
+                        }
+                    };
                     let partition = msg.partition();
                     let lane = match lanes.entry(partition) {
                         Entry::Occupied(lane) => lane.into_mut(),

@@ -668,7 +668,13 @@ impl TransactionalLoop<'_> {
                 }
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
-                    let msg = msg.context("consumer error")?;
+                    let msg = match msg {
+                        Ok(msg) => msg,
+                        Err(e) => {
+                            herald_kafka::ride_out("router", e).context("consumer error")?;
+                            continue;
+                        }
+                    };
                     let partition = msg.partition();
                     // A partition's state is restored before its first record is processed.
                     if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(partition) {

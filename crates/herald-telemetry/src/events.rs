@@ -96,6 +96,33 @@ impl Emit for Drained {
     }
 }
 
+/// A stage's consumer reported an error and the stage goes on (a broker
+/// restart, a lost connection: librdkafka reconnects and fetches again).
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerErrored<'a> {
+    /// Stage.
+    pub stage: &'static str,
+    /// librdkafka's error code name (a fixed set), for the metric label.
+    pub code: &'a str,
+    /// The error as librdkafka words it.
+    pub error: &'a str,
+}
+
+impl Emit for ConsumerErrored<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            stage = self.stage,
+            code = self.code,
+            error = self.error,
+            "Consumer error; the client reconnects by itself and the stage goes on."
+        );
+        Metrics::global()
+            .consumer_errors
+            .with_label_values(&[self.stage, self.code])
+            .inc();
+    }
+}
+
 /// The router read an event.
 #[derive(Debug, Clone, Copy)]
 pub struct EventReceived {

@@ -41,6 +41,9 @@ pub mod names {
     pub const ROUTER_RESTORE_SECONDS: &str = "herald_router_restore_seconds";
     /// Partition assignments and revocations. Labels: kind (assign, revoke).
     pub const REBALANCES: &str = "herald_rebalances_total";
+    /// Errors a stage's consumer reported and the stage rode out (librdkafka
+    /// reconnects by itself). Labels: stage, code (librdkafka's error code).
+    pub const CONSUMER_ERRORS: &str = "herald_consumer_errors_total";
     /// Router transactions ended (`exactly_once`). Labels: outcome
     /// (committed, aborted, failed).
     pub const ROUTER_TRANSACTIONS: &str = "herald_router_transactions_total";
@@ -136,6 +139,8 @@ pub struct Metrics {
     pub router_restore_seconds: HistogramVec,
     /// See [`names::REBALANCES`].
     pub rebalances: IntCounterVec,
+    /// See [`names::CONSUMER_ERRORS`].
+    pub consumer_errors: IntCounterVec,
     /// See [`names::ROUTER_TRANSACTIONS`].
     pub router_transactions: IntCounterVec,
     /// See [`names::ROUTER_TRANSACTION_SECONDS`].
@@ -299,6 +304,11 @@ impl Metrics {
             "Partition assignments and revocations.",
             &["kind"],
         );
+        let consumer_errors = counter(
+            names::CONSUMER_ERRORS,
+            "Consumer errors a stage rode out, by librdkafka error code.",
+            &["stage", "code"],
+        );
         let router_transactions = counter(
             names::ROUTER_TRANSACTIONS,
             "Router transactions ended, by outcome.",
@@ -452,6 +462,7 @@ impl Metrics {
             router_state_bytes,
             router_restore_seconds,
             rebalances,
+            consumer_errors,
             router_transactions,
             router_transaction_seconds,
             router_deferred_held,

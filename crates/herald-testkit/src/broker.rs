@@ -296,51 +296,155 @@ fn nisshi_binary() -> String {
     format!("{cache}/nisshi-0.8.1/bin/nisshi")
 }
 
-fn spawn_nisshi(durable: bool) -> String {
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Starts nisshi on `port` with its storage in `dir`, behind a shell wrapper
+/// that ends the broker (by its pid, written to `dir/nisshi.pid`) once this
+/// test process is gone. Returns the wrapper once the broker listens.
+fn launch_nisshi(port: u16, dir: &std::path::Path, durable: bool) -> std::process::Child {
     let bin = nisshi_binary();
     assert!(
         std::path::Path::new(&bin).exists(),
         "no nisshi broker at {bin}: run scripts/ensure-nisshi.sh, or use `make test`, which starts the brokers"
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"));
-    let dir = std::env::temp_dir().join(format!("herald-nisshi-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let engine = if durable {
         "sqlite://herald.db?maintenance_interval=10s"
     } else {
         "memory://herald/"
     };
-    // The shell wrapper ends the broker (by its pid) once this test process is gone.
     let script = format!(
         "{bin} broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} \
-         --storage-engine '{engine}' --group-initial-rebalance-delay 100ms --silent & b=$!; \
+         --storage-engine '{engine}' --group-initial-rebalance-delay 100ms --silent & b=$!; echo $b > nisshi.pid; \
          while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 1; done; kill $b 2>/dev/null",
         parent = std::process::id()
     );
-    let child = Command::new("sh")
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(script)
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start nisshi: {e}"));
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Ok(pid) = std::fs::read_to_string(dir.join("nisshi.pid")) {
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("nisshi did not listen on {addr}");
+}
+
+fn spawn_nisshi(durable: bool) -> String {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("herald-nisshi-{}-{port}", std::process::id()));
+    let child = launch_nisshi(port, &dir, durable);
     // Kept for the life of the process; the wrapper script ends the broker.
     static CHILDREN: Mutex<Vec<std::process::Child>> = Mutex::new(Vec::new());
     CHILDREN
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(child);
-    let addr = format!("127.0.0.1:{port}");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            return addr;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    format!("127.0.0.1:{port}")
+}
+
+/// A durable nisshi (sqlite) of one test's own, which the test can stop and
+/// start again on the same address with the same storage: a broker restart
+/// as a rolling upgrade does it. Ended when dropped.
+pub struct RestartableBroker {
+    port: u16,
+    dir: std::path::PathBuf,
+    wrapper: Option<std::process::Child>,
+}
+
+impl RestartableBroker {
+    /// Starts the broker (tests only: panics when it cannot).
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "herald-nisshi-restartable-{}-{port}",
+            std::process::id()
+        ));
+        let wrapper = Some(launch_nisshi(port, &dir, true));
+        Self { port, dir, wrapper }
     }
-    panic!("nisshi did not listen on {addr}");
+
+    /// `host:port`, the same across restarts.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A [`TestBroker`] on this broker (unique names, topic teardown).
+    pub fn test_broker(&self) -> TestBroker {
+        TestBroker {
+            kind: BrokerKind::Durable,
+            bootstrap: self.bootstrap(),
+            mock: None,
+            real_cluster: false,
+            created: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Stops the broker with `signal` (`TERM` or `KILL`), by the pid it was
+    /// started with, and waits until it is gone.
+    pub fn stop(&mut self, signal: &str) {
+        assert!(
+            self.halt(signal),
+            "nisshi still listens on {} after kill -{signal}",
+            self.bootstrap()
+        );
+    }
+
+    /// Stops the broker; false when it still listens afterwards.
+    fn halt(&mut self, signal: &str) -> bool {
+        let Some(mut wrapper) = self.wrapper.take() else {
+            return true;
+        };
+        let pid = std::fs::read_to_string(self.dir.join("nisshi.pid")).unwrap_or_default();
+        let pid = pid.trim();
+        if !pid.is_empty() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), pid])
+                .status();
+        }
+        // The wrapper exits within a second of the broker.
+        let _ = wrapper.wait();
+        let addr = self.bootstrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Starts the broker again on the same address and storage.
+    pub fn restart(&mut self) {
+        assert!(
+            self.wrapper.is_none(),
+            "restart of a running broker: stop it first"
+        );
+        self.wrapper = Some(launch_nisshi(self.port, &self.dir, true));
+    }
+}
+
+impl Drop for RestartableBroker {
+    fn drop(&mut self) {
+        self.halt("KILL");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

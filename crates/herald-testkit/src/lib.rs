@@ -9,4 +9,4 @@ pub mod registry;
 pub use registry::TestRegistry;
 pub mod broker;
 
-pub use broker::{BrokerKind, TestBroker};
+pub use broker::{BrokerKind, RestartableBroker, TestBroker};
