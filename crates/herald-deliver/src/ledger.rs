@@ -5,6 +5,11 @@
 //! seconds: 24 bytes a slot, with no string on the heap. Ids in any other
 //! form (written by hand, or by an older producer) are kept as text. An
 //! expired id is given back as text for its tombstone.
+//!
+//! A send is claimed before it starts ([`Ledger::claim`]): a second copy of
+//! a notification id (a replay in the same in-flight window, or a retry and
+//! a replay side by side) waits until the first copy's attempt is over and
+//! then finds it delivered, instead of going out alongside it.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -12,6 +17,7 @@ use std::sync::Mutex;
 
 use herald_model::ids::PrehashedHasher;
 use herald_model::NotificationId;
+use tokio::sync::watch;
 
 /// Delivered notification ids with their expiry.
 #[derive(Debug, Default)]
@@ -25,6 +31,33 @@ struct Entries {
     ids: HashMap<[u64; 2], u32, BuildHasherDefault<PrehashedHasher>>,
     /// Any other id text to expiry in milliseconds.
     other: HashMap<String, i64>,
+    /// Ids whose send is under way; the receiver ends when it is over.
+    sending: HashMap<String, watch::Receiver<()>>,
+}
+
+impl Entries {
+    fn contains(&self, id: &str, now: i64) -> bool {
+        match NotificationId::parse(id) {
+            Some(n) => self.ids.get(&words(n)).is_some_and(|s| ms(*s) > now),
+            None => self.other.get(id).is_some_and(|exp| *exp > now),
+        }
+    }
+}
+
+/// The right to send one notification id, held from before the send until
+/// its outcome is recorded (in the ledger when it was accepted). Dropping
+/// it lets a waiting copy look at the ledger again.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    ledger: &'a Ledger,
+    id: String,
+    _over: watch::Sender<()>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.ledger.lock().sending.remove(&self.id);
+    }
 }
 
 fn words(id: NotificationId) -> [u64; 2] {
@@ -53,10 +86,34 @@ impl Ledger {
 
     /// Whether `id` was delivered and its entry is live at `now` (ms).
     pub fn contains(&self, id: &str, now: i64) -> bool {
-        let e = self.lock();
-        match NotificationId::parse(id) {
-            Some(n) => e.ids.get(&words(n)).is_some_and(|s| ms(*s) > now),
-            None => e.other.get(id).is_some_and(|exp| *exp > now),
+        self.lock().contains(id, now)
+    }
+
+    /// Claims the send of `id`: `None` when it was delivered (its entry is
+    /// live at `now`, ms). While another copy's claim is held this waits
+    /// for it to end and looks again, so two copies never go out together.
+    pub async fn claim(&self, id: &str, now: i64) -> Option<Claim<'_>> {
+        loop {
+            let mut under_way = {
+                let mut e = self.lock();
+                if e.contains(id, now) {
+                    return None;
+                }
+                match e.sending.get(id) {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        let (tx, rx) = watch::channel(());
+                        e.sending.insert(id.to_string(), rx);
+                        return Some(Claim {
+                            ledger: self,
+                            id: id.to_string(),
+                            _over: tx,
+                        });
+                    }
+                }
+            };
+            // Ends (with an error) once the holder's claim is dropped.
+            while under_way.changed().await.is_ok() {}
         }
     }
 
@@ -158,6 +215,39 @@ mod tests {
             "expired ids come back as the text they were stored as"
         );
         assert!(l.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_second_copy_waits_for_the_first_and_is_not_sent_when_it_was() {
+        let l = std::sync::Arc::new(Ledger::default());
+        let a = id(5);
+        let first = l.claim(&a, 0).await.unwrap();
+        let second = tokio::spawn({
+            let (l, a) = (std::sync::Arc::clone(&l), a.clone());
+            async move { l.claim(&a, 0).await.is_some() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !second.is_finished(),
+            "the copy waits while the first is sent"
+        );
+        l.insert(&a, i64::MAX);
+        drop(first);
+        assert!(!second.await.unwrap(), "the copy finds it delivered");
+
+        // A first attempt that failed (no entry) lets the copy send.
+        let b = id(6);
+        let first = l.claim(&b, 0).await.unwrap();
+        let second = tokio::spawn({
+            let (l, b) = (std::sync::Arc::clone(&l), b.clone());
+            async move { l.claim(&b, 0).await.is_some() }
+        });
+        drop(first);
+        assert!(
+            second.await.unwrap(),
+            "the copy is sent after a failed first"
+        );
+        assert_eq!(l.lock().sending.len(), 0, "no claim outlives its send");
     }
 
     #[test]

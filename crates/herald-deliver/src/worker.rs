@@ -10,7 +10,8 @@
 //! Per message: decode (undecodable: dead letter); wait for `not_before`
 //! (retries); drop if past `expires_at`; skip if the ledger already holds
 //! its notification id (a replay, a redelivery after a crash, a duplicate
-//! from an aborted transaction); hold normal and bulk while urgent messages
+//! from an aborted transaction), or wait while a copy of it is being sent
+//! and skip it once that copy is; hold normal and bulk while urgent messages
 //! are pending; send through the message's routes (breaker permit, rate
 //! limit, failover to a secondary); then record the success in the ledger,
 //! or schedule a retry through a tier, or dead-letter it, or record a
@@ -392,14 +393,16 @@ impl Shared {
             let s = self.status(&m, StatusKind::Stale, Some("expired".into()), None, None);
             return self.emit_all(vec![self.status_out(&s).await?]).await;
         }
-        if ledger.contains(&m.notification_id, now) {
+        // Held until this copy's outcome is recorded: a copy of the same id
+        // in flight alongside waits for it, then finds it in the ledger.
+        let Some(_claim) = ledger.claim(&m.notification_id, now).await else {
             DeliveryOutcome {
                 channel: self.ch(),
                 outcome: "duplicate",
             }
             .emit();
             return Ok(());
-        }
+        };
         if m.priority != Priority::Urgent {
             while self.urgent_pending.load(Ordering::SeqCst) > 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,6 +1,6 @@
 //! The webhook worker on the local broker, delivering to the sandbox:
 //! every message once, a poison record dead-lettered, a replay not sent
-//! again, Retry-After, permanent failures and stale messages, and under
+//! again (also when both copies are in flight together), Retry-After, permanent failures and stale messages, and under
 //! 30% provider errors everything delivered with bounded attempts through
 //! the retry tiers.
 
@@ -99,6 +99,47 @@ async fn delivers_each_message_once_dead_letters_poison_and_skips_a_replay() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop(stopper, task).await;
     assert_eq!(s.sandbox.records(Some("webhook"), None).len(), 120);
+}
+
+/// Two copies of one notification id in the same in-flight window (the
+/// router's replay after its own crash lands a few offsets after the
+/// original): the provider sees one send and the status topic one `Sent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_in_flight_together_are_sent_once() {
+    let s = setup("deliver-copies").await;
+    // Slow enough that each pair is in flight together (8 at a time).
+    s.sandbox.set_fault(
+        "webhook",
+        Fault {
+            latency_ms: 400,
+            ..Fault::default()
+        },
+    );
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    let messages: Vec<ChannelMessage> = (0..12).map(|n| s.message(n)).collect();
+    for m in &messages {
+        s.produce(&producer, m).await;
+        s.produce(&producer, m).await;
+    }
+    let (stopper, task) = start(s.config());
+    s.wait_delivered(12).await;
+    // Time for any second copy to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop(stopper, task).await;
+
+    let twice: Vec<_> = s.delivered().into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    let sent = s
+        .statuses()
+        .await
+        .into_iter()
+        .filter(|x| x.status == StatusKind::Sent)
+        .count();
+    assert_eq!(sent, 12, "one Sent status per notification");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
