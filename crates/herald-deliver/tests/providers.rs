@@ -698,6 +698,53 @@ async fn email_goes_over_smtp_as_multipart_with_list_unsubscribe() {
         .await
         .unwrap_err();
     assert_eq!((e.failure, e.status), (Failure::Retryable, Some(451)));
+    // A provider outage is transient (421, the server closes the
+    // connection), as is throttling; the mail is retried, not failed.
+    env.sandbox.set_fault(
+        "smtp",
+        Fault {
+            outage_s: Some(60),
+            ..Fault::default()
+        },
+    );
+    let e = email
+        .send(&message(45, Channel::Email, "ana@example.test"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::Retryable, Some(421)));
+    env.sandbox.set_fault(
+        "smtp",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(429),
+            ..Fault::default()
+        },
+    );
+    let e = email
+        .send(&message(46, Channel::Email, "ana@example.test"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::Retryable, Some(451)));
+    // Only a refusal asked for is permanent.
+    env.sandbox.set_fault(
+        "smtp",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(422),
+            ..Fault::default()
+        },
+    );
+    let e = email
+        .send(&message(47, Channel::Email, "ana@example.test"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.failure, e.status), (Failure::Permanent, Some(554)));
+    // Once the outage is over, mail goes out again on the same transport.
+    env.sandbox.clear_fault("smtp");
+    email
+        .send(&message(48, Channel::Email, "ana@example.test"))
+        .await
+        .unwrap();
     env.sandbox.set_fault(
         "smtp",
         Fault {
@@ -710,5 +757,5 @@ async fn email_goes_over_smtp_as_multipart_with_list_unsubscribe() {
         .await
         .unwrap_err();
     assert_eq!(e.failure, Failure::Retryable, "{e}");
-    assert_eq!(env.sandbox.records(Some("smtp"), None).len(), 1);
+    assert_eq!(env.sandbox.records(Some("smtp"), None).len(), 2);
 }

@@ -15,13 +15,15 @@ pub struct Fault {
     pub latency_ms: u64,
     /// Share of requests answered with `error_status` (0 to 1).
     pub error_rate: f64,
-    /// Status of those errors (HTTP; for SMTP 4xx becomes 451, 5xx 554).
+    /// Status of those errors (HTTP; SMTP answers as a mail provider
+    /// would: see `smtp::fault_reply`).
     pub error_status: Option<u16>,
     /// `Retry-After` on those errors, seconds.
     pub retry_after_s: Option<u64>,
     /// Share of requests never answered (the client times out).
     pub timeout_rate: f64,
-    /// An outage starting now: every request gets 503 for this long, s.
+    /// An outage starting now: every request gets 503 (SMTP: 421 and the
+    /// connection closes) for this long, s.
     pub outage_s: Option<u64>,
     /// Share of requests whose connection is dropped before any answer
     /// (HTTP: the connection closes mid-request; SMTP: at MAIL).

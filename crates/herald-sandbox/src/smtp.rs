@@ -1,9 +1,12 @@
 //! An SMTP server (RFC 5321) that accepts mail the way a relay would and
 //! records it: EHLO/HELO, AUTH PLAIN when credentials are configured,
 //! MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT. Recipients at
-//! `invalid.test` are refused with 550 (permanent); faults answer 451
-//! (4xx) or 554 (5xx) at MAIL, or hang. Herald's notification id is read
-//! from the `X-Herald-Notification-Id` header.
+//! `invalid.test` are refused with 550 (permanent); faults answer at MAIL
+//! the way mail providers fail ([`fault_reply`]: an outage is `421` and
+//! the connection closes, throttling and server errors are `451`, only a
+//! client error or an SMTP 5xx code asked for is permanent), or hang.
+//! Herald's notification id is read from the `X-Herald-Notification-Id`
+//! header.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,13 +112,14 @@ async fn session(stream: TcpStream, sandbox: Arc<Sandbox>) -> std::io::Result<()
                         std::future::pending::<()>().await;
                         String::new()
                     }
-                    Outcome::Error { status, .. } if status < 500 => {
-                        sandbox.count("smtp", "451 injected");
-                        "451 4.3.0 Temporary failure, try again later\r\n".into()
-                    }
-                    Outcome::Error { .. } => {
-                        sandbox.count("smtp", "554 injected");
-                        "554 5.3.0 Transaction failed\r\n".into()
+                    Outcome::Error { status, .. } => {
+                        let (reply, closes) = fault_reply(status);
+                        sandbox.count("smtp", &format!("{} injected", &reply[..3]));
+                        if closes {
+                            write.write_all(reply.as_bytes()).await?;
+                            return Ok(());
+                        }
+                        reply.into()
                     }
                 }
             }
@@ -164,6 +168,39 @@ async fn session(stream: TcpStream, sandbox: Arc<Sandbox>) -> std::io::Result<()
             "502 5.5.2 Command not recognized\r\n".into()
         };
         write.write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// The SMTP reply to an injected fault of HTTP-style `status`, and whether
+/// the server closes the connection after it. Mail providers fail
+/// transiently for outages and throttling (a relay retries 4yz replies)
+/// and permanently only for a message they refuse:
+///
+/// - 503 (what an outage answers) is `421 4.3.2`, and the connection
+///   closes, as a server going away does;
+/// - 429, 408 and every other 5xx are `451` (throttled, or a server error):
+///   transient;
+/// - an SMTP code itself passes through: 421, 450, 451, 452 (transient),
+///   550 to 554 (permanent);
+/// - any other 4xx (400, 403, 410, 422: the provider refuses the message)
+///   is `554 5.7.1`: permanent.
+pub fn fault_reply(status: u16) -> (&'static str, bool) {
+    match status {
+        503 | 421 => (
+            "421 4.3.2 Service not available, closing transmission channel\r\n",
+            true,
+        ),
+        429 => ("451 4.7.1 Too many messages, slow down\r\n", false),
+        450 => ("450 4.2.1 Mailbox busy, try again later\r\n", false),
+        452 => ("452 4.3.1 Insufficient system storage\r\n", false),
+        408 | 451 | 500..=599 if !(550..=554).contains(&status) => {
+            ("451 4.3.0 Temporary failure, try again later\r\n", false)
+        }
+        550 => ("550 5.1.1 Mailbox unavailable\r\n", false),
+        551 => ("551 5.1.6 User not local\r\n", false),
+        552 => ("552 5.3.4 Message too big\r\n", false),
+        553 => ("553 5.1.3 Mailbox name not allowed\r\n", false),
+        _ => ("554 5.7.1 Message rejected\r\n", false),
     }
 }
 
@@ -281,5 +318,25 @@ mod tests {
         assert_eq!(header_value(data, "Message-ID"), None);
         assert_eq!(address("<a@b.test> SIZE=100"), "a@b.test");
         assert_eq!(address("a@b.test"), "a@b.test");
+    }
+
+    #[test]
+    fn outages_and_throttling_are_transient_and_only_refusals_permanent() {
+        let transient = |status: u16| fault_reply(status).0.starts_with('4');
+        assert_eq!(fault_reply(503), (fault_reply(421).0, true), "outage");
+        for status in [408, 429, 500, 502, 504, 599, 421, 450, 451, 452] {
+            assert!(transient(status), "{status}: {:?}", fault_reply(status));
+        }
+        for status in [400, 401, 403, 404, 410, 422, 550, 551, 552, 553, 554] {
+            assert!(!transient(status), "{status}: {:?}", fault_reply(status));
+        }
+        // Each reply is one well-formed line with an enhanced status code.
+        for status in 400..=599 {
+            let (reply, _) = fault_reply(status);
+            let code = &reply[..3];
+            assert!(reply.ends_with("\r\n") && reply.matches("\r\n").count() == 1);
+            assert_eq!(reply.as_bytes()[4], code.as_bytes()[0], "{reply}");
+            assert!(!(550..=554).contains(&status) || code == status.to_string());
+        }
     }
 }
