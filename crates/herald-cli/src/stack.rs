@@ -141,6 +141,7 @@ pub async fn start(
                         "https://example.com/unsubscribe/{notification_id}".into(),
                     ),
                     timeout: Duration::from_secs(10),
+                    connections: 16,
                     tracking: None,
                 });
             }

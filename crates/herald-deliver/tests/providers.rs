@@ -160,6 +160,10 @@ impl Env {
     }
 
     fn email(&self) -> Email {
+        self.email_with(Duration::from_secs(5), 16)
+    }
+
+    fn email_with(&self, timeout: Duration, connections: usize) -> Email {
         Email::new(EmailSettings {
             host: "127.0.0.1".into(),
             port: Some(self.bound.smtp.port()),
@@ -168,7 +172,8 @@ impl Env {
             password: None,
             from: "Herald <noreply@herald.test>".into(),
             list_unsubscribe: Some("https://herald.test/u/{notification_id}".into()),
-            timeout: Duration::from_secs(5),
+            timeout,
+            connections,
             tracking: Some(TrackingSettings {
                 base_url: "https://track.herald.test".into(),
                 key: Secret::new(TRACKING_KEY),
@@ -758,4 +763,67 @@ async fn email_goes_over_smtp_as_multipart_with_list_unsubscribe() {
         .unwrap_err();
     assert_eq!(e.failure, Failure::Retryable, "{e}");
     assert_eq!(env.sandbox.records(Some("smtp"), None).len(), 2);
+}
+
+/// A relay that stops answering mid-conversation (lettre bounds only the
+/// connect): the send ends at Herald's deadline as retryable, and the
+/// connection it held is not reused, so the next send goes through.
+#[tokio::test]
+async fn a_relay_that_stops_answering_fails_the_send_at_the_deadline() {
+    let env = env().await;
+    let email = env.email_with(Duration::from_millis(500), 2);
+    email
+        .send(&message(50, Channel::Email, "ana@example.test"))
+        .await
+        .unwrap();
+    env.sandbox.set_fault(
+        "smtp",
+        Fault {
+            timeout_rate: 1.0,
+            ..Fault::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        email.send(&message(51, Channel::Email, "ana@example.test")),
+    )
+    .await
+    .expect("the send hung past its deadline")
+    .unwrap_err();
+    assert_eq!(
+        (e.failure, e.reason.as_str()),
+        (Failure::Retryable, "timeout")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    env.sandbox.clear_fault("smtp");
+    email
+        .send(&message(52, Channel::Email, "ana@example.test"))
+        .await
+        .unwrap();
+    assert_eq!(env.sandbox.records(Some("smtp"), None).len(), 2);
+}
+
+/// Many more sends at once than connections: they take turns on the
+/// pool's connections and all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_emails_share_a_few_connections() {
+    let env = env().await;
+    let email = env.email_with(Duration::from_secs(10), 4);
+    let sends = (0..300).map(|n| {
+        let email = &email;
+        async move {
+            email
+                .send(&message(1_000 + n, Channel::Email, "ana@example.test"))
+                .await
+        }
+    });
+    let results = futures::future::join_all(sends).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(env.sandbox.records(Some("smtp"), None).len(), 300);
 }

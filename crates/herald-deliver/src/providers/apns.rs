@@ -198,7 +198,7 @@ impl Apns {
     }
 }
 
-provider!(Apns, NAME);
+provider!(Apns, NAME, settings.timeout);
 
 /// What Herald sends APNs for one message.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,5 +1,6 @@
-//! Email over SMTP with lettre: STARTTLS, implicit TLS, or plain (local
-//! only); multipart text and HTML; `Message-ID` and
+//! Email over SMTP with lettre's connection, on connections of Herald's
+//! own pool ([`super::smtp_pool`]), each send within `timeout` whatever
+//! the conversation does: STARTTLS, implicit TLS, or plain (local only); multipart text and HTML; `Message-ID` and
 //! `X-Herald-Notification-Id` from the notification id; `List-Unsubscribe`
 //! (with RFC 8058 one-click for https) when configured.
 //!
@@ -14,9 +15,12 @@ use herald_model::wire::ChannelMessage;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::TlsParameters;
+use lettre::transport::smtp::{SMTP_PORT, SUBMISSIONS_PORT, SUBMISSION_PORT};
+use lettre::Message;
 use serde::Deserialize;
 
+use super::smtp_pool::{Pool, Security, Target};
 use super::{Accepted, Failure, SendError};
 
 const NAME: &str = "smtp";
@@ -58,9 +62,15 @@ pub struct EmailSettings {
     /// an https URL (one-click) or a mailto.
     #[serde(default)]
     pub list_unsubscribe: Option<String>,
-    /// Timeout of each SMTP command.
+    /// Deadline of one send, Herald's own: waiting for a connection,
+    /// connecting, and the whole SMTP conversation (also the connect
+    /// timeout).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// SMTP connections open and in use at once; sends beyond wait for one
+    /// (within their deadline).
+    #[serde(default = "default_connections")]
+    pub connections: usize,
     /// Open and click tracking through the tracker, when set.
     #[serde(default)]
     pub tracking: Option<TrackingSettings>,
@@ -128,11 +138,15 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_connections() -> usize {
+    16
+}
+
 /// The SMTP adapter.
 pub struct Email {
     settings: EmailSettings,
     from: Mailbox,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: Pool,
 }
 
 impl Email {
@@ -142,25 +156,33 @@ impl Email {
             .from
             .parse()
             .map_err(|e| format!("deliver.email.from: {e}"))?;
-        let mut builder = match settings.tls {
-            Tls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)
-                .map_err(|e| format!("deliver.email: {e}"))?,
-            Tls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)
-                .map_err(|e| format!("deliver.email: {e}"))?,
-            Tls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host),
+        let tls =
+            || TlsParameters::new(settings.host.clone()).map_err(|e| format!("deliver.email: {e}"));
+        let (security, port) = match settings.tls {
+            Tls::Starttls => (Security::Starttls(tls()?), SUBMISSION_PORT),
+            Tls::Implicit => (Security::Implicit(tls()?), SUBMISSIONS_PORT),
+            Tls::None => (Security::None, SMTP_PORT),
         };
-        if let Some(port) = settings.port {
-            builder = builder.port(port);
-        }
-        if let (Some(user), Some(pass)) = (&settings.username, &settings.password) {
-            builder =
-                builder.credentials(Credentials::new(user.clone(), pass.expose().to_string()));
-        }
-        let transport = builder.timeout(Some(settings.timeout)).build();
+        let credentials = match (&settings.username, &settings.password) {
+            (Some(user), Some(pass)) => {
+                Some(Credentials::new(user.clone(), pass.expose().to_string()))
+            }
+            _ => None,
+        };
+        let pool = Pool::new(
+            Target {
+                host: settings.host.clone(),
+                port: settings.port.unwrap_or(port),
+                security,
+                credentials,
+                connect_timeout: settings.timeout,
+            },
+            settings.connections,
+        );
         Ok(Self {
             settings,
             from,
-            transport,
+            pool,
         })
     }
 
@@ -225,7 +247,11 @@ impl Email {
 
     async fn send_one(&self, m: &ChannelMessage) -> Result<Accepted, SendError> {
         let message = self.message(m)?;
-        match self.transport.send(message).await {
+        match self
+            .pool
+            .send(message.envelope(), &message.formatted())
+            .await
+        {
             Ok(resp) => {
                 // "250 2.0.0 Ok: queued as ABC": the relay's queue id.
                 let queued = resp
@@ -274,7 +300,7 @@ pub fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     }
 }
 
-provider!(Email, NAME);
+provider!(Email, NAME, settings.timeout);
 
 #[cfg(test)]
 mod tests {

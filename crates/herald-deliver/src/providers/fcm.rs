@@ -78,6 +78,8 @@ pub struct Fcm {
     key: EncodingKey,
     client: reqwest::Client,
     access: Mutex<Option<(String, Instant)>>,
+    /// Two requests' worth: a send may first exchange its access token.
+    deadline: Duration,
 }
 
 impl Fcm {
@@ -130,6 +132,7 @@ impl Fcm {
             key,
             client,
             access: Mutex::new(None),
+            deadline: s.timeout * 2,
         })
     }
 
@@ -265,7 +268,7 @@ impl Fcm {
     }
 }
 
-provider!(Fcm, NAME);
+provider!(Fcm, NAME, deadline);
 
 /// The `messages:send` body for `m`.
 pub fn message_body(m: &ChannelMessage) -> Value {

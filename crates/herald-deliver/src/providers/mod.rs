@@ -1,12 +1,17 @@
 //! Provider adapters and what a failed send means.
 
 /// Implements [`Provider`] for an adapter whose inherent
-/// `async fn send_one(&self, &ChannelMessage)` does the work.
+/// `async fn send_one(&self, &ChannelMessage)` does the work, bounded by
+/// the deadline in the adapter's field `$deadline` (see [`within`]).
 macro_rules! provider {
-    ($adapter:ty, $name:expr) => {
+    ($adapter:ty, $name:expr, $($deadline:ident).+) => {
         impl $crate::providers::Provider for $adapter {
             fn name(&self) -> &'static str {
                 $name
+            }
+
+            fn deadline(&self) -> std::time::Duration {
+                self.$($deadline).+
             }
 
             fn send<'a>(
@@ -16,7 +21,11 @@ macro_rules! provider {
                 'a,
                 Result<$crate::providers::Accepted, $crate::providers::SendError>,
             > {
-                Box::pin(self.send_one(message))
+                Box::pin($crate::providers::within(
+                    self.$($deadline).+,
+                    $name,
+                    self.send_one(message),
+                ))
             }
         }
     };
@@ -25,6 +34,7 @@ macro_rules! provider {
 pub mod apns;
 pub mod email;
 pub mod fcm;
+pub mod smtp_pool;
 pub mod twilio;
 pub mod webhook;
 
@@ -123,11 +133,32 @@ pub trait Provider: Send + Sync {
     /// Provider name.
     fn name(&self) -> &'static str;
 
-    /// Sends `message`; the provider's id on success.
+    /// The most one send may take, whatever the client library bounds:
+    /// past it the send is abandoned as retryable (`timeout`).
+    fn deadline(&self) -> Duration;
+
+    /// Sends `message`, within [`Provider::deadline`]; the provider's id on
+    /// success.
     fn send<'a>(
         &'a self,
         message: &'a ChannelMessage,
     ) -> BoxFuture<'a, Result<Accepted, SendError>>;
+}
+
+/// Runs one provider call within `deadline`, Herald's own bound on it:
+/// a client library may bound only part of a call (lettre's async SMTP
+/// transport bounds the connect, not the conversation), and a call that
+/// never ends holds its partition forever. Past the deadline the call is
+/// dropped and the failure is retryable, reason `timeout` (as when the
+/// library's own timeout fires first).
+pub async fn within<T>(
+    deadline: Duration,
+    provider: &'static str,
+    call: impl std::future::Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| Err(SendError::transport(provider, "timeout")))
 }
 
 /// The default HTTP classification: 429 rate-limited, 408 and 5xx

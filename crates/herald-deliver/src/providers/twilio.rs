@@ -137,4 +137,4 @@ impl Twilio {
     }
 }
 
-provider!(Twilio, NAME);
+provider!(Twilio, NAME, settings.timeout);

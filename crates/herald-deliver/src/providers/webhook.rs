@@ -54,6 +54,7 @@ pub struct Webhook {
     allowed_hosts: Vec<String>,
     allow_private: bool,
     client: reqwest::Client,
+    timeout: Duration,
 }
 
 /// Whether an address is inside the network Herald runs in rather than on
@@ -129,6 +130,7 @@ impl Webhook {
             allowed_hosts: settings.allowed_hosts,
             allow_private: settings.allow_private_networks,
             client,
+            timeout: settings.timeout,
         })
     }
 
@@ -228,7 +230,7 @@ impl Webhook {
     }
 }
 
-provider!(Webhook, NAME);
+provider!(Webhook, NAME, timeout);
 
 #[cfg(test)]
 mod tests {
