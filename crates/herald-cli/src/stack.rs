@@ -141,7 +141,7 @@ pub async fn start(
                         "https://example.com/unsubscribe/{notification_id}".into(),
                     ),
                     timeout: Duration::from_secs(10),
-                    connections: 16,
+                    connections: 64,
                     tracking: None,
                 });
             }

@@ -1,13 +1,17 @@
-//! `make bench`: one webhook delivery worker process against the sandbox
-//! with 20 ms of provider latency, on the local broker.
+//! `make bench`: one delivery worker process per channel (webhook, email
+//! over SMTP) against the sandbox with 20 ms of provider latency, on the
+//! local broker.
 //!
 //! Reports deliveries per second and the worker's peak RSS (VmHWM), with no
-//! errors and with 10% 503s, next to a baseline measured in the same run:
-//! the same sandbox driven directly over HTTP with the same concurrency and
-//! no Kafka (the ceiling the provider latency allows). Targets: 10,000
-//! deliveries/s, RSS at most 150 MB.
+//! errors and with 10% transient errors (503; SMTP 421), next to a baseline
+//! measured in the same run: the same sandbox driven directly through the
+//! same adapter with the same concurrency and no Kafka (the ceiling the
+//! provider latency allows; for email, `SMTP_CONNECTIONS` connections at
+//! 20 ms each). Targets: 10,000 webhook deliveries/s, RSS at most 150 MB;
+//! email at least 0.8 of its baseline.
 //!
-//! `HERALD_BENCH_DELIVERIES` (default 50000); the worker binary is
+//! `HERALD_BENCH_DELIVERIES` (default 50000), `HERALD_BENCH_CHANNELS`
+//! (default `webhook,email`); the worker binary is
 //! `target/release/herald-deliver` (`HERALD_DELIVER_BIN`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald_codec::Codec;
+use herald_deliver::providers::email::{Email, EmailSettings, Tls};
 use herald_deliver::providers::webhook::{Webhook, WebhookSettings};
-use herald_deliver::Provider as _;
+use herald_deliver::Provider;
 use herald_kafka::settings::ProducerKind;
 use herald_model::secret::Secret;
 use herald_model::{sample, Channel, Priority};
@@ -29,6 +34,86 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 const PARTITIONS: i32 = 12;
+/// SMTP connections of the email worker and of its baseline.
+const SMTP_CONNECTIONS: usize = 64;
+
+/// A channel under test: how its messages are addressed, how the worker
+/// and the baseline reach the sandbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bench {
+    Webhook,
+    Email,
+}
+
+impl Bench {
+    fn channel(self) -> Channel {
+        match self {
+            Self::Webhook => Channel::Webhook,
+            Self::Email => Channel::Email,
+        }
+    }
+
+    /// The sandbox's name for the provider.
+    fn provider(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Email => "smtp",
+        }
+    }
+
+    fn address(self, bound: &Bound, i: u64) -> String {
+        match self {
+            Self::Webhook => format!("http://{}/hooks/bench", bound.http),
+            Self::Email => format!("user{i}@example.test"),
+        }
+    }
+
+    /// The worker's provider section.
+    fn config(self, bound: &Bound) -> String {
+        match self {
+            Self::Webhook => format!(
+                "[deliver.webhook]\nsecret = \"{}\"\nallow_private_networks = true\n",
+                secret()
+            ),
+            Self::Email => format!(
+                "[deliver.email]\nhost = \"{}\"\nport = {}\ntls = \"none\"\n\
+                 from = \"Herald <noreply@example.test>\"\ntimeout = \"10s\"\n\
+                 connections = {SMTP_CONNECTIONS}\n",
+                bound.smtp.ip(),
+                bound.smtp.port()
+            ),
+        }
+    }
+
+    fn adapter(self, bound: &Bound) -> Box<dyn Provider> {
+        match self {
+            Self::Webhook => Box::new(
+                Webhook::new(WebhookSettings {
+                    secret: Secret::new(secret()),
+                    allowed_hosts: Vec::new(),
+                    allow_private_networks: true,
+                    timeout: Duration::from_secs(10),
+                })
+                .unwrap(),
+            ),
+            Self::Email => Box::new(
+                Email::new(EmailSettings {
+                    host: bound.smtp.ip().to_string(),
+                    port: Some(bound.smtp.port()),
+                    tls: Tls::None,
+                    username: None,
+                    password: None,
+                    from: "Herald <noreply@example.test>".into(),
+                    list_unsubscribe: None,
+                    timeout: Duration::from_secs(10),
+                    connections: SMTP_CONNECTIONS,
+                    tracking: None,
+                })
+                .unwrap(),
+            ),
+        }
+    }
+}
 /// Requests in flight per partition (`HERALD_BENCH_IN_FLIGHT`, default 64).
 fn in_flight() -> usize {
     std::env::var("HERALD_BENCH_IN_FLIGHT")
@@ -52,7 +137,7 @@ fn secret() -> String {
     herald_sandbox::webhook_secret(&[42u8; 32])
 }
 
-async fn sandbox(n: u64, fault: Fault) -> (Arc<Sandbox>, Bound, Running) {
+async fn sandbox(bench: Bench, n: u64, fault: Fault) -> (Arc<Sandbox>, Bound, Running) {
     let running = herald_sandbox::serve(SandboxSettings {
         webhook_secret: secret(),
         max_records: n as usize * 2,
@@ -60,7 +145,7 @@ async fn sandbox(n: u64, fault: Fault) -> (Arc<Sandbox>, Bound, Running) {
     })
     .await
     .unwrap();
-    running.sandbox.set_fault("webhook", fault);
+    running.sandbox.set_fault(bench.provider(), fault);
     (Arc::clone(&running.sandbox), running.bound, running)
 }
 
@@ -71,10 +156,11 @@ struct Run {
     requests: u64,
 }
 
-async fn worker_run(error_rate: f64, n: u64) -> Run {
+async fn worker_run(bench: Bench, error_rate: f64, n: u64) -> Run {
     let broker = TestBroker::start(BrokerKind::Fast);
     let topology = broker.herald_topology("bench-deliver", 2, PARTITIONS).await;
     let (sandbox, bound, stop) = sandbox(
+        bench,
         n,
         Fault {
             latency_ms: 20,
@@ -88,7 +174,7 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
         .settings()
         .producer("bench", &ProducerKind::Idempotent)
         .unwrap();
-    let topic = topology.lane(Channel::Webhook, Priority::Normal);
+    let topic = topology.lane(bench.channel(), Priority::Normal);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -97,10 +183,11 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
     let mut acks = futures::stream::FuturesUnordered::new();
     for i in 0..n {
         let mut m = sample::channel_message(i, now);
-        m.channel = Channel::Webhook;
+        m.channel = bench.channel();
         m.priority = Priority::Normal;
         m.not_before = None;
-        m.recipient.address = format!("http://{}/hooks/bench", bound.http);
+        m.recipient.address = bench.address(&bound, i);
+        m.recipient.platform = None;
         let bytes = codec.encode(&topic, &m).await.unwrap();
         let key = m.user_id.clone();
         let p = producer.clone();
@@ -131,13 +218,12 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
              [admin]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"warn\"\n\
              [deliver]\ngroup = \"{}\"\nmax_in_flight = {}\n\
              [deliver.retry]\nbase_delay = \"50ms\"\nmax_delay = \"500ms\"\nmax_attempts = 8\njitter = 0.2\n\
-             [deliver.breaker]\nfailure_threshold = 1000\n\
-             [deliver.webhook]\nsecret = \"{}\"\nallow_private_networks = true\n",
+             [deliver.breaker]\nfailure_threshold = 1000\n{}",
             broker.bootstrap(),
             topology.settings().prefix,
             broker.group("bench-deliver"),
             in_flight(),
-            secret(),
+            bench.config(&bound),
         ),
     )
     .unwrap();
@@ -150,7 +236,7 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
     });
     let started = Instant::now();
     let mut child = Command::new(&bin)
-        .args(["--channel", "webhook", "--config"])
+        .args(["--channel", bench.channel().as_str(), "--config"])
         .arg(&config)
         .stdout(Stdio::null())
         .spawn()
@@ -160,7 +246,7 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
         rss = rss.max(vm_hwm_kb(child.id()).unwrap_or(0));
         let accepted = sandbox
             .counts()
-            .get("webhook")
+            .get(bench.provider())
             .and_then(|c| c.get("accepted").copied())
             .unwrap_or(0);
         if accepted >= n {
@@ -179,10 +265,10 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    let requests: u64 = sandbox.counts()["webhook"].values().sum();
+    let requests: u64 = sandbox.counts()[bench.provider()].values().sum();
     // From the first acceptance to the last: without start-up (group join,
     // ledger restore).
-    let records = sandbox.records(Some("webhook"), None);
+    let records = sandbox.records(Some(bench.provider()), None);
     let span = records.last().unwrap().at_ms - records.first().unwrap().at_ms;
     let steady = n as f64 / (span.max(1) as f64 / 1000.0);
     drop(stop);
@@ -195,8 +281,9 @@ async fn worker_run(error_rate: f64, n: u64) -> Run {
 }
 
 /// The same sandbox and concurrency driven directly: the provider ceiling.
-async fn baseline(n: u64) -> f64 {
+async fn baseline(bench: Bench, n: u64) -> f64 {
     let (_sandbox, bound, stop) = sandbox(
+        bench,
         n,
         Fault {
             latency_ms: 20,
@@ -204,24 +291,19 @@ async fn baseline(n: u64) -> f64 {
         },
     )
     .await;
-    let hook = Webhook::new(WebhookSettings {
-        secret: Secret::new(secret()),
-        allowed_hosts: Vec::new(),
-        allow_private_networks: true,
-        timeout: Duration::from_secs(10),
-    })
-    .unwrap();
+    let adapter = bench.adapter(&bound);
     let messages: Vec<_> = (0..n)
         .map(|i| {
             let mut m = sample::channel_message(i, 0);
-            m.channel = Channel::Webhook;
-            m.recipient.address = format!("http://{}/hooks/bench", bound.http);
+            m.channel = bench.channel();
+            m.recipient.address = bench.address(&bound, i);
+            m.recipient.platform = None;
             m
         })
         .collect();
     let started = Instant::now();
     futures::stream::iter(messages.iter())
-        .map(|m| hook.send(m))
+        .map(|m| adapter.send(m))
         .buffer_unordered(PARTITIONS as usize * in_flight())
         .for_each(|r| async move {
             r.unwrap();
@@ -238,25 +320,42 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
-    println!(
-        "Delivery worker: webhook channel, {PARTITIONS} partitions x {} in flight, \
-         sandbox latency 20 ms, {n} deliveries",
-        in_flight()
-    );
-    let base = baseline(n).await;
-    println!("| run | deliveries/s (from start) | deliveries/s (first to last) | ratio to direct | peak RSS | requests |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    println!("| direct HTTP, no Kafka (baseline) | {base:.0} | {base:.0} | 1.00 | - | {n} |");
-    for (label, rate) in [("worker, no errors", 0.0), ("worker, 10% 503s", 0.1)] {
-        let r = worker_run(rate, n).await;
+    let channels =
+        std::env::var("HERALD_BENCH_CHANNELS").unwrap_or_else(|_| "webhook,email".into());
+    for name in channels.split(',') {
+        let bench = match name.trim() {
+            "webhook" => Bench::Webhook,
+            "email" => Bench::Email,
+            other => panic!("HERALD_BENCH_CHANNELS: no bench for {other:?} (webhook, email)"),
+        };
         println!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {:.0} MB | {} |",
-            r.rate,
-            r.steady,
-            r.steady / base,
-            r.rss_mb,
-            r.requests
+            "\nDelivery worker: {name} channel, {PARTITIONS} partitions x {} in flight{}, \
+             sandbox latency 20 ms, {n} deliveries",
+            in_flight(),
+            if bench == Bench::Email {
+                format!(", {SMTP_CONNECTIONS} SMTP connections")
+            } else {
+                String::new()
+            }
         );
+        let base = baseline(bench, n).await;
+        println!("| run | deliveries/s (from start) | deliveries/s (first to last) | ratio to direct | peak RSS | requests |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        println!("| direct, no Kafka (baseline) | {base:.0} | {base:.0} | 1.00 | - | {n} |");
+        for (label, rate) in [
+            ("worker, no errors", 0.0),
+            ("worker, 10% transient errors", 0.1),
+        ] {
+            let r = worker_run(bench, rate, n).await;
+            println!(
+                "| {label} | {:.0} | {:.0} | {:.2} | {:.0} MB | {} |",
+                r.rate,
+                r.steady,
+                r.steady / base,
+                r.rss_mb,
+                r.requests
+            );
+        }
     }
-    println!("targets: 10000 deliveries/s, peak RSS <= 150 MB");
+    println!("targets: webhook 10000 deliveries/s; email 0.8 of its baseline; peak RSS <= 150 MB");
 }

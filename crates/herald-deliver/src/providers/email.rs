@@ -20,7 +20,7 @@ use lettre::transport::smtp::{SMTP_PORT, SUBMISSIONS_PORT, SUBMISSION_PORT};
 use lettre::Message;
 use serde::Deserialize;
 
-use super::smtp_pool::{Pool, Security, Target};
+use super::smtp_pool::{Failed, Pool, Security, Target};
 use super::{Accepted, Failure, SendError};
 
 const NAME: &str = "smtp";
@@ -138,8 +138,9 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// At 20 ms a message, about 3,200 emails/s (`make bench`).
 fn default_connections() -> usize {
-    16
+    64
 }
 
 /// The SMTP adapter.
@@ -160,7 +161,7 @@ impl Email {
             || TlsParameters::new(settings.host.clone()).map_err(|e| format!("deliver.email: {e}"));
         let (security, port) = match settings.tls {
             Tls::Starttls => (Security::Starttls(tls()?), SUBMISSION_PORT),
-            Tls::Implicit => (Security::Implicit(tls()?), SUBMISSIONS_PORT),
+            Tls::Implicit => (Security::Implicit(settings.host.clone()), SUBMISSIONS_PORT),
             Tls::None => (Security::None, SMTP_PORT),
         };
         let credentials = match (&settings.username, &settings.password) {
@@ -265,7 +266,15 @@ impl Email {
                         .unwrap_or_else(|| format!("<{}@herald>", m.notification_id)),
                 })
             }
-            Err(e) => Err(classify(&e)),
+            Err(Failed::Smtp(e)) => Err(classify(&e)),
+            Err(Failed::Connect(e)) => {
+                let reason = if e.kind() == std::io::ErrorKind::TimedOut {
+                    "timeout"
+                } else {
+                    "connection"
+                };
+                Err(SendError::transport(NAME, reason))
+            }
         }
     }
 }

@@ -10,15 +10,20 @@
 //! and puts it back only after a complete exchange: a connection whose send
 //! was cancelled is dropped with its future, closing the socket.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use lettre::transport::smtp::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 /// A connection idle longer than this is checked with `NOOP` before reuse
@@ -32,8 +37,8 @@ const IDLE_MAX: Duration = Duration::from_secs(60);
 pub enum Security {
     /// STARTTLS after the greeting, required.
     Starttls(TlsParameters),
-    /// TLS from the first byte.
-    Implicit(TlsParameters),
+    /// TLS from the first byte, verified for this domain.
+    Implicit(String),
     /// Plain text (local relays only).
     None,
 }
@@ -48,7 +53,8 @@ pub struct Target {
     pub security: Security,
     /// AUTH credentials.
     pub credentials: Option<Credentials>,
-    /// Connect timeout (the whole send is bounded by the caller).
+    /// Connect timeout (TCP and TLS; the whole send is bounded by the
+    /// caller).
     pub connect_timeout: Duration,
 }
 
@@ -74,7 +80,7 @@ impl Pool {
     /// Sends `email` on a connection of the pool. The connection goes
     /// back only when the exchange ended with the connection sound; when
     /// the caller's future is dropped mid-way it closes with it.
-    pub async fn send(&self, envelope: &Envelope, email: &[u8]) -> Result<Response, Error> {
+    pub async fn send(&self, envelope: &Envelope, email: &[u8]) -> Result<Response, Failed> {
         let _slot = self
             .slots
             .acquire()
@@ -85,7 +91,7 @@ impl Pool {
         if !conn.has_broken() {
             self.lock().push((conn, Instant::now()));
         }
-        result
+        Ok(result?)
     }
 
     /// Idle connections now (tests and metrics).
@@ -97,7 +103,7 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn take(&self) -> Result<AsyncSmtpConnection, Error> {
+    async fn take(&self) -> Result<AsyncSmtpConnection, Failed> {
         loop {
             let parked = self.lock().pop();
             let Some((mut conn, since)) = parked else {
@@ -114,20 +120,30 @@ impl Pool {
         }
     }
 
-    async fn open(&self) -> Result<AsyncSmtpConnection, Error> {
+    async fn open(&self) -> Result<AsyncSmtpConnection, Failed> {
         let t = &self.target;
-        let implicit = match &t.security {
-            Security::Implicit(p) => Some(p.clone()),
-            _ => None,
-        };
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (t.host.as_str(), t.port),
-            Some(t.connect_timeout),
-            &self.hello,
-            implicit,
-            None,
+        let tcp = tokio::time::timeout(
+            t.connect_timeout,
+            TcpStream::connect((t.host.as_str(), t.port)),
         )
-        .await?;
+        .await
+        .map_err(|_| Failed::Connect(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+        .map_err(Failed::Connect)?;
+        // SMTP writes a message and then its terminating dot apart; with
+        // Nagle the dot waits for the relay's delayed ACK (40 ms a message).
+        tcp.set_nodelay(true).map_err(Failed::Connect)?;
+        let stream: Box<dyn AsyncTokioStream> = match &t.security {
+            Security::Implicit(domain) => {
+                let connector = native_tls::TlsConnector::new().map_err(connect_error)?;
+                let tls = tokio_native_tls::TlsConnector::from(connector)
+                    .connect(domain, tcp)
+                    .await
+                    .map_err(connect_error)?;
+                Box::new(ImplicitTls(tls))
+            }
+            _ => Box::new(tcp),
+        };
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello).await?;
         if let Security::Starttls(p) = &t.security {
             // Fails when the relay does not offer STARTTLS: never plain text.
             conn.starttls(p.clone(), &self.hello).await?;
@@ -136,5 +152,58 @@ impl Pool {
             conn.auth(DEFAULT_MECHANISMS, credentials).await?;
         }
         Ok(conn)
+    }
+}
+
+/// Why a send through the pool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failed {
+    /// Connecting (TCP or implicit TLS) before SMTP began.
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// What lettre reported, from the greeting on.
+    #[error(transparent)]
+    Smtp(#[from] Error),
+}
+
+fn connect_error(e: impl std::fmt::Display) -> Failed {
+    Failed::Connect(io::Error::other(e.to_string()))
+}
+
+/// A TLS stream from the first byte (port 465), as lettre's transport.
+#[derive(Debug)]
+struct ImplicitTls(tokio_native_tls::TlsStream<TcpStream>);
+
+impl AsyncTokioStream for ImplicitTls {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.get_ref().get_ref().get_ref().peer_addr()
+    }
+}
+
+impl AsyncRead for ImplicitTls {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ImplicitTls {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
