@@ -30,13 +30,13 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
         let n = cluster
             .create_topology(&topology, brokers)
             .context("creating topics")?;
-        println!("kafka      {} (embedded librdkafka mock cluster, {brokers} broker(s), {n} topics; volatile)", config.kafka.bootstrap);
+        say!("kafka      {} (embedded librdkafka mock cluster, {brokers} broker(s), {n} topics; volatile)", config.kafka.bootstrap);
         embedded = Some(cluster);
     } else {
         topology = Topology::new(config.topics.clone());
         let admin = config.kafka.admin().context("kafka settings")?;
         let report = topology::apply(&admin, &topology, config.kafka.request_timeout).await?;
-        println!(
+        say!(
             "kafka      {} ({} topics created, {} unchanged, {} drifted)",
             config.kafka.bootstrap,
             report.created.len(),
@@ -44,10 +44,10 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
             report.drift.len()
         );
         for drift in &report.drift {
-            println!("drift      {drift}");
+            say!("drift      {drift}");
         }
     }
-    println!(
+    say!(
         "topics     {}.* (input: {})",
         topology.settings().prefix,
         topology.notifications()
@@ -80,7 +80,7 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
     supervisor.spawn("admin", async move { Ok(admin_task.await??) });
-    println!("admin      http://{admin_addr}/metrics  /healthz  /readyz");
+    say!("admin      http://{admin_addr}/metrics  /healthz  /readyz");
     let router_admin = AdminState::new("router");
     supervisor.spawn(
         "router",
@@ -99,9 +99,10 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
     for (i, task) in sandbox_tasks.into_iter().enumerate() {
         supervisor.spawn(format!("sandbox-{i}"), async move { Ok(task.await??) });
     }
-    println!(
+    say!(
         "sandbox    http://{}/sandbox/messages  smtp {}  (APNs, FCM, Twilio, webhooks, SMTP)",
-        stack.bound.http, stack.bound.smtp
+        stack.bound.http,
+        stack.bound.smtp
     );
     for worker in stack.workers.clone() {
         let channel = worker.deliver.channel.map_or("?", |c| c.as_str());
@@ -110,16 +111,16 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
             herald_deliver::run(worker, supervisor.shutdown(), AdminState::new("deliver")),
         );
     }
-    println!(
+    say!(
         "stages     router (group {}), deliver (push, sms, email, webhook), scaler (http://{admin_addr}/scale/{}); tracker joins when it lands",
         config.router.group, config.router.group
     );
-    println!(
+    say!(
         "try        herald send --count 10   (then read {}.<channel>.<lane>)",
         topology.settings().prefix
     );
     admin_state.set_ready(true);
-    println!("ready      Ctrl-C to stop");
+    say!("ready      Ctrl-C to stop");
 
     let outcome = supervisor.run(true).await?;
     admin_state.set_ready(false);
@@ -127,11 +128,11 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
     drop(embedded);
     match outcome {
         Outcome::Clean => {
-            println!("stopped    cleanly");
+            say!("stopped    cleanly");
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Abandoned { running } => {
-            println!("stopped    {running} task(s) did not drain in time");
+            say!("stopped    {running} task(s) did not drain in time");
             Ok(ExitCode::FAILURE)
         }
     }

@@ -107,13 +107,17 @@ pub async fn list(config: &CliConfig, channel: Channel) -> anyhow::Result<ExitCo
     let codec = config.codec.build().map_err(anyhow::Error::msg)?;
     let c = config.clone();
     let (topic, records) = tokio::task::spawn_blocking(move || dead_letters(&c, channel)).await??;
-    println!("{topic}: {} dead letter(s)", records.len());
+    say!("{topic}: {} dead letter(s)", records.len());
     if records.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<9} {:<8} {:<34} {:<22} {:<8} source",
-        "partition", "offset", "notification_id", "reason", "attempts"
+        "partition",
+        "offset",
+        "notification_id",
+        "reason",
+        "attempts"
     );
     for m in &records {
         let id = match m.payload() {
@@ -126,7 +130,7 @@ pub async fn list(config: &CliConfig, channel: Channel) -> anyhow::Result<ExitCo
         let attempts = header(m, ATTEMPTS)
             .and_then(|a| serde_json::from_str::<Vec<serde_json::Value>>(&a).ok())
             .map_or_else(|| "-".into(), |a| a.len().to_string());
-        println!(
+        say!(
             "{:<9} {:<8} {:<34} {:<22} {:<8} {}",
             m.partition(),
             m.offset(),
@@ -218,7 +222,7 @@ pub async fn replay(
             .map_err(anyhow::Error::msg)?;
         replayed += 1;
     }
-    println!("replayed {replayed} dead letter(s) from {topic}; {skipped} undecodable skipped");
+    say!("replayed {replayed} dead letter(s) from {topic}; {skipped} undecodable skipped");
     Ok(if skipped > 0 {
         ExitCode::from(2)
     } else {

@@ -6,6 +6,18 @@
 //! - `herald topics apply|describe` reconciles and shows the topic topology.
 //! - `herald dlq list|replay` shows a channel's dead letters and re-drives them.
 
+/// `println!` for the CLI's output: when the reader has gone (`herald
+/// topics describe | head -5`) the command ends quietly with status 0, as
+/// Unix tools do, instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::output_failed(e)
+        }
+    }};
+}
+
 mod config;
 mod dev;
 mod dlq;
@@ -98,6 +110,16 @@ enum TopicsAction {
     },
     /// Show the live state of every Herald topic.
     Describe,
+}
+
+/// Stdout could not be written: a closed pipe ends the command quietly;
+/// anything else is reported (exit 74, EX_IOERR).
+fn output_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("herald: writing the output: {e}");
+    std::process::exit(74)
 }
 
 #[tokio::main]

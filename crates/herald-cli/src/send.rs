@@ -57,6 +57,6 @@ pub async fn run(
         sent += copies;
         dups += copies - 1;
     }
-    println!("sent {sent} events to {topic} ({dups} duplicates)");
+    say!("sent {sent} events to {topic} ({dups} duplicates)");
     Ok(ExitCode::SUCCESS)
 }

@@ -14,12 +14,12 @@ pub async fn apply(config: &CliConfig, strict: bool) -> anyhow::Result<ExitCode>
     let topology = Topology::new(config.topics.clone());
     let report = topology::apply(&admin, &topology, config.kafka.request_timeout).await?;
     for name in &report.created {
-        println!("created    {name}");
+        say!("created    {name}");
     }
     for drift in &report.drift {
-        println!("drift      {drift}");
+        say!("drift      {drift}");
     }
-    println!(
+    say!(
         "{} created, {} unchanged, {} drifted setting(s); nothing was altered or deleted",
         report.created.len(),
         report.unchanged.len(),
@@ -37,9 +37,14 @@ pub async fn describe(config: &CliConfig) -> anyhow::Result<ExitCode> {
     let admin = config.kafka.admin().context("kafka settings")?;
     let topology = Topology::new(config.topics.clone());
     let live = topology::describe(&admin, &topology, config.kafka.request_timeout).await?;
-    println!(
+    say!(
         "{:<40} {:>10} {:>4} {:<8} {:>12} {:>6}  drift",
-        "topic", "partitions", "rf", "cleanup", "retention.ms", "min.isr"
+        "topic",
+        "partitions",
+        "rf",
+        "cleanup",
+        "retention.ms",
+        "min.isr"
     );
     for (spec, t) in topology.topics().iter().zip(&live) {
         let get = |k: &str| t.configs.get(k).cloned().unwrap_or_else(|| "-".into());
@@ -58,7 +63,7 @@ pub async fn describe(config: &CliConfig) -> anyhow::Result<ExitCode> {
             }
             _ => ("missing".into(), "-".into(), "missing".into()),
         };
-        println!(
+        say!(
             "{:<40} {:>10} {:>4} {:<8} {:>12} {:>6}  {}",
             t.name,
             partitions,

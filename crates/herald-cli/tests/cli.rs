@@ -275,6 +275,23 @@ async fn herald_topics_apply_is_idempotent_and_reports_drift() {
         state.contains("compact") && state.trim_end().ends_with("none"),
         "{state}"
     );
+
+    // Read by a pipe that closes before the output comes (`| head -0`):
+    // a quiet exit 0, no panic.
+    let mut child = Command::new(HERALD)
+        .args(["topics", "describe"])
+        .env("HERALD__KAFKA__BOOTSTRAP", broker.bootstrap())
+        .env("HERALD__TOPICS__PREFIX", &prefix)
+        .env("HERALD__TOPICS__REPLICATION_FACTOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("describe");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("describe ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub enum DecodeError {
         fingerprint: u64,
     },
     /// A Confluent record arrived but no registry is configured.
-    #[error("schema id {id} needs a schema registry, and none is configured (codec.registry_url)")]
+    #[error("schema id {id} needs a schema registry, and none is configured (codec.registry.url)")]
     NoRegistry {
         /// The schema id.
         id: u32,
