@@ -79,7 +79,11 @@ fn the_binaries_accept_the_config_the_chart_renders() {
     router.router.validate().unwrap();
     assert_eq!(router.router.group, "herald-router");
     assert_eq!(router.topics.partitions, 12);
-    assert_eq!(router.admin.listen.port(), 9600);
+    assert_eq!(
+        router.admin.listen_for("router").port(),
+        9600,
+        "the chart sets it"
+    );
 
     let scaler: ScalerConfig = load_config(&source("scaler.toml")).unwrap();
     scaler.scaler.validate().unwrap();

@@ -76,9 +76,15 @@ pub async fn run(mut config: CliConfig) -> anyhow::Result<ExitCode> {
         signals.clone(),
         vec![config.router.group.clone()],
     ));
-    let (admin_addr, admin_task) = serve_routes(config.admin.listen, app, supervisor.shutdown())
-        .await
-        .with_context(|| format!("binding the admin server to {}", config.admin.listen))?;
+    let (admin_addr, admin_task) =
+        serve_routes(config.admin.listen_for("dev"), app, supervisor.shutdown())
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the admin server to {}",
+                    config.admin.listen_for("dev")
+                )
+            })?;
     supervisor.spawn("admin", async move { Ok(admin_task.await??) });
     say!("admin      http://{admin_addr}/metrics  /healthz  /readyz");
     let router_admin = AdminState::new("router");

@@ -210,7 +210,9 @@ fn topics_apply(bootstrap: &str, prefix: &str, partitions: &str, strict: bool) -
         .env("HERALD__TOPICS__PREFIX", prefix)
         .env("HERALD__TOPICS__PARTITIONS", partitions)
         .env("HERALD__TOPICS__CHANNEL_PARTITIONS", "1")
-        .env("HERALD__TOPICS__REPLICATION_FACTOR", "1");
+        .env("HERALD__TOPICS__REPLICATION_FACTOR", "1")
+        // One environment for every stage: the workers' keys are not the CLI's.
+        .env("HERALD__DELIVER__MAX_IN_FLIGHT", "4");
     if strict {
         cmd.arg("--strict");
     }

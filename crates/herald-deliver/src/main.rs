@@ -43,7 +43,12 @@ async fn start(args: Args) -> Result<ExitCode, ExitCode> {
     let mut supervisor = Supervisor::new("deliver", args.drain);
     let admin = AdminState::new("deliver");
     supervisor
-        .serve_admin(config.admin.listen, admin.router())
+        .serve_admin(
+            config
+                .admin
+                .listen_for(&format!("deliver-{}", args.channel.as_str())),
+            admin.router(),
+        )
         .await?;
     let shutdown = supervisor.shutdown();
     supervisor.spawn("deliver", herald_deliver::run(config, shutdown, admin));

@@ -30,7 +30,7 @@ async fn start(args: Args) -> Result<ExitCode, ExitCode> {
     let mut supervisor = Supervisor::new("router", args.drain);
     let admin = AdminState::new("router");
     supervisor
-        .serve_admin(config.admin.listen, admin.router())
+        .serve_admin(config.admin.listen_for("router"), admin.router())
         .await?;
     let shutdown = supervisor.shutdown();
     supervisor.spawn("router", herald_router::run(config, shutdown, admin));

@@ -39,7 +39,9 @@ async fn start(args: Args) -> Result<ExitCode, ExitCode> {
     let app = admin
         .router()
         .merge(herald_scaler::routes(signals.clone(), watched));
-    supervisor.serve_admin(config.admin.listen, app).await?;
+    supervisor
+        .serve_admin(config.admin.listen_for("scaler"), app)
+        .await?;
     let shutdown = supervisor.shutdown();
     supervisor.spawn(
         "scaler",

@@ -133,20 +133,64 @@ mod tests {
         assert!(body.contains("herald_ready{stage=\"test\"} 1"), "{body}");
         assert_eq!(get(&app, "/nope").await.0, StatusCode::NOT_FOUND);
     }
+
+    #[test]
+    fn every_stage_has_its_own_admin_port_unless_one_is_set() {
+        let unset = AdminSettings::default();
+        let ports: Vec<u16> = [
+            "router",
+            "deliver-email",
+            "deliver-webhook",
+            "scaler",
+            "dev",
+        ]
+        .iter()
+        .map(|r| unset.listen_for(r).port())
+        .collect();
+        assert_eq!(ports, vec![9601, 9613, 9614, 9620, 9600]);
+        assert!(unset.listen_for("router").ip().is_loopback());
+        let mut distinct = ADMIN_PORTS.iter().map(|(_, p)| *p).collect::<Vec<_>>();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ADMIN_PORTS.len());
+        let set = AdminSettings {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 9600))),
+        };
+        assert_eq!(set.listen_for("router").port(), 9600);
+    }
 }
 
 /// The `[admin]` section: where `/metrics`, `/healthz` and `/readyz` listen.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
-    /// Listen address; port 0 picks a free port.
-    pub listen: SocketAddr,
+    /// Listen address; port 0 picks a free port. Unset: loopback on the
+    /// stage's own port ([`ADMIN_PORTS`]).
+    pub listen: Option<SocketAddr>,
 }
 
-impl Default for AdminSettings {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9600)),
-        }
+/// Each stage's default admin port, so a router, the four delivery workers
+/// and the scaler can run on one host without setting `admin.listen`.
+pub const ADMIN_PORTS: &[(&str, u16)] = &[
+    ("dev", 9600),
+    ("router", 9601),
+    ("deliver-push", 9611),
+    ("deliver-sms", 9612),
+    ("deliver-email", 9613),
+    ("deliver-webhook", 9614),
+    ("scaler", 9620),
+];
+
+impl AdminSettings {
+    /// Where `role` (a name in [`ADMIN_PORTS`]) listens: `listen` when set,
+    /// else loopback on the role's port (9600 for a role not listed).
+    pub fn listen_for(&self, role: &str) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            let port = ADMIN_PORTS
+                .iter()
+                .find(|(r, _)| *r == role)
+                .map_or(9600, |(_, p)| *p);
+            SocketAddr::from(([127, 0, 0, 1], port))
+        })
     }
 }

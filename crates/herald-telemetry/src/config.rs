@@ -1,7 +1,10 @@
 //! Layered configuration: defaults in code, then a TOML file, then
 //! `HERALD__SECTION__KEY` environment variables. Unknown keys are rejected
 //! (`deny_unknown_fields` on every struct) and every bad value is reported
-//! with its path, not only the first.
+//! with its path, not only the first. One exception, so that one
+//! environment file can serve every stage: an environment key for another
+//! stage's section ([`SECTIONS`], say `HERALD__DELIVER__*` read by the
+//! router) is ignored, and the stage says so on stderr.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,6 +64,12 @@ pub enum ConfigError {
 
 const ENV_PREFIX: &str = "HERALD__";
 
+/// Every top-level section some Herald stage reads.
+pub const SECTIONS: &[&str] = &[
+    "admin", "codec", "deliver", "dev", "gateway", "kafka", "log", "router", "sandbox", "scaler",
+    "topics", "tracker",
+];
+
 /// Exit code of a process refused for its configuration (`EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;
 
@@ -77,13 +86,28 @@ pub fn load_stage_config<T: DeserializeOwned>(
         eprintln!("herald-{stage}: {why}");
         std::process::ExitCode::from(EXIT_CONFIG)
     };
-    let mut config: T = load_config(&ConfigSource::from_process(file)).map_err(|e| refuse(&e))?;
+    let (mut config, ignored): (T, _) =
+        load_config_noting(&ConfigSource::from_process(file)).map_err(|e| refuse(&e))?;
+    for section in ignored {
+        eprintln!(
+            "herald-{stage}: ignoring HERALD__{}__* (the [{section}] section is another stage's)",
+            section.to_ascii_uppercase()
+        );
+    }
     validate(&mut config).map_err(|e| refuse(&e))?;
     Ok(config)
 }
 
 /// Loads `T` from the layers in `source`.
 pub fn load_config<T: DeserializeOwned>(source: &ConfigSource) -> Result<T, ConfigError> {
+    load_config_noting(source).map(|(config, _)| config)
+}
+
+/// Loads `T` from the layers in `source`, with the other stages' sections
+/// set only in the environment that were ignored.
+pub fn load_config_noting<T: DeserializeOwned>(
+    source: &ConfigSource,
+) -> Result<(T, Vec<String>), ConfigError> {
     let mut merged = Table::new();
     if let Some(defaults) = &source.defaults {
         let t: Table = defaults
@@ -108,6 +132,7 @@ pub fn load_config<T: DeserializeOwned>(source: &ConfigSource) -> Result<T, Conf
         merge(&mut merged, t);
     }
     let mut problems = Vec::new();
+    let mut env_only = std::collections::BTreeSet::new();
     for (key, raw) in &source.env {
         let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -117,9 +142,12 @@ pub fn load_config<T: DeserializeOwned>(source: &ConfigSource) -> Result<T, Conf
             problems.push(format!("{key}: empty path segment"));
             continue;
         }
+        if !merged.contains_key(&path[0]) || env_only.contains(&path[0]) {
+            env_only.insert(path[0].clone());
+        }
         set_path(&mut merged, &path, env_value(raw));
     }
-    deserialize_reporting_all(merged, problems)
+    deserialize_reporting_all(merged, problems, &env_only)
 }
 
 /// Environment values are TOML scalars or arrays when they parse as such
@@ -169,11 +197,13 @@ fn set_path(table: &mut Table, path: &[String], value: Value) {
 fn deserialize_reporting_all<T: DeserializeOwned>(
     mut merged: Table,
     mut problems: Vec<String>,
-) -> Result<T, ConfigError> {
+    env_only: &std::collections::BTreeSet<String>,
+) -> Result<(T, Vec<String>), ConfigError> {
+    let mut ignored = Vec::new();
     for _ in 0..64 {
         let value = Value::Table(merged.clone());
         match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(v) if problems.is_empty() => return Ok(v),
+            Ok(v) if problems.is_empty() => return Ok((v, ignored)),
             Ok(_) => return Err(ConfigError::Invalid { problems }),
             Err(err) => {
                 // Segments, not the dotted string: keys may contain dots
@@ -189,6 +219,16 @@ fn deserialize_reporting_all<T: DeserializeOwned>(
                     })
                     .collect();
                 let message = err.into_inner().message().to_string();
+                if let [section] = segments.as_slice() {
+                    if message.starts_with("unknown field")
+                        && env_only.contains(section)
+                        && SECTIONS.contains(&section.as_str())
+                    {
+                        merged.remove(section);
+                        ignored.push(section.clone());
+                        continue;
+                    }
+                }
                 let shown = segments
                     .iter()
                     .map(|s| {
@@ -352,6 +392,32 @@ mod tests {
         let err = load_config::<Over>(&src).unwrap_err().to_string();
         assert!(err.contains("overrides.\"session.timeout.ms\""), "{err}");
         assert!(err.contains("overrides.\"fetch.max.bytes\""), "{err}");
+    }
+
+    #[test]
+    fn another_stages_section_in_the_environment_is_ignored_and_named() {
+        // One environment file for every stage: the router reads it too.
+        let (src, _f) = source(
+            None,
+            &[
+                ("HERALD__DELIVER__MAX_IN_FLIGHT", "4"),
+                ("HERALD__SCALER__POLL_INTERVAL", "2s"),
+                ("HERALD__KAFKA__PARTITIONS", "6"),
+            ],
+        );
+        let (cfg, ignored): (Cfg, _) = load_config_noting(&src).unwrap();
+        assert_eq!(cfg.kafka.partitions, 6);
+        assert_eq!(ignored, vec!["deliver".to_string(), "scaler".to_string()]);
+
+        // A typo is no section of any stage: still refused, by name.
+        let (src, _f) = source(None, &[("HERALD__KAFAK__BOOTSTRAP", "x:9092")]);
+        let err = load_config::<Cfg>(&src).unwrap_err().to_string();
+        assert!(err.contains("kafak"), "{err}");
+
+        // A file is one stage's own: another stage's section there is refused.
+        let (src, _f) = source(Some("[deliver]\nmax_in_flight = 4\n"), &[]);
+        let err = load_config::<Cfg>(&src).unwrap_err().to_string();
+        assert!(err.contains("deliver"), "{err}");
     }
 
     #[test]

@@ -13,8 +13,11 @@ pub mod logging;
 pub mod metrics;
 pub mod shutdown;
 
-pub use admin::{serve_admin, serve_routes, AdminSettings, AdminState};
-pub use config::{load_config, load_stage_config, ConfigError, ConfigSource, EXIT_CONFIG};
+pub use admin::{serve_admin, serve_routes, AdminSettings, AdminState, ADMIN_PORTS};
+pub use config::{
+    load_config, load_config_noting, load_stage_config, ConfigError, ConfigSource, EXIT_CONFIG,
+    SECTIONS,
+};
 pub use events::Emit;
 pub use logging::{init_tracing, LogFormat, LogSettings};
 pub use metrics::Metrics;
