@@ -71,7 +71,10 @@ def main() -> None:
         header = b"\xc3\x01" + struct.pack("<Q", crc64_avro(canonical))
     else:
         raise SystemExit(f"unknown framing {framing}")
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    # murmur2_random: the Java client's partitioner, as the producer contract asks.
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "partitioner": "murmur2_random"}
+    )
     for n in range(int(count)):
         body = io.BytesIO()
         fastavro.schemaless_writer(body, schema, event(n))

@@ -159,6 +159,10 @@ pub enum SettingsError {
     Client(#[from] rdkafka::error::KafkaError),
 }
 
+/// The partitioner every Herald producer uses and the producer contract
+/// names: librdkafka's name for the Java client's default for keyed records.
+pub const PARTITIONER: &str = "murmur2_random";
+
 /// librdkafka keys owned by typed settings or by Herald's processing
 /// guarantees, and who owns them.
 const OWNED: &[(&str, &str)] = &[
@@ -179,6 +183,10 @@ const OWNED: &[(&str, &str)] = &[
         "Herald's delivery guarantee (always on)",
     ),
     ("acks", "Herald's delivery guarantee (always all)"),
+    (
+        "partitioner",
+        "the producer contract (murmur2 of the key, as the Java client: topics are co-partitioned by user id across languages)",
+    ),
     (
         "request.required.acks",
         "Herald's delivery guarantee (always all)",
@@ -317,8 +325,13 @@ impl KafkaSettings {
         kind: &ProducerKind,
     ) -> Result<ClientConfig, SettingsError> {
         let mut c = self.base(role)?;
+        // The Java client's partitioner (murmur2 of the key; librdkafka's
+        // own default is CRC32): a user's notifications, preferences and
+        // channel messages share a partition number whatever the language
+        // of the producer, as the producer contract says.
         c.set("enable.idempotence", "true")
             .set("acks", "all")
+            .set("partitioner", PARTITIONER)
             .set("linger.ms", self.linger.as_millis().to_string())
             .set("message.timeout.ms", "300000");
         if let ProducerKind::Transactional(id) = kind {
