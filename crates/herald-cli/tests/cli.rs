@@ -236,6 +236,21 @@ async fn herald_topics_apply_is_idempotent_and_reports_drift() {
     }
     let total = topology.topics().len();
 
+    // The defaults (3 replicas) on a one-broker cluster: refused, by name,
+    // before anything is created.
+    let out = Command::new(HERALD)
+        .args(["topics", "apply"])
+        .env("HERALD__KAFKA__BOOTSTRAP", broker.bootstrap())
+        .env("HERALD__TOPICS__PREFIX", &prefix)
+        .output()
+        .expect("run herald topics apply");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("topics.replication_factor is 3 but the cluster has 1 broker"),
+        "{err}"
+    );
+
     let (code, out) = topics_apply(broker.bootstrap(), &prefix, "2", false);
     assert_eq!(code, 0, "{out}");
     assert!(

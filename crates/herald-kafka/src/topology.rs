@@ -258,6 +258,20 @@ pub enum TopologyError {
         /// The client error.
         source: rdkafka::error::KafkaError,
     },
+    /// More replicas declared than the cluster has brokers. Some brokers
+    /// (nisshi) accept such a topic silently, leaving it without the
+    /// redundancy the setting promises; others refuse it topic by topic.
+    #[error(
+        "topics.replication_factor is {replication_factor} but the cluster has {brokers} broker(s): \
+         set topics.replication_factor (and topics.min_insync_replicas) to at most {brokers}; \
+         nothing was created"
+    )]
+    TooFewBrokers {
+        /// Declared replication factor.
+        replication_factor: i32,
+        /// Brokers in the cluster's metadata.
+        brokers: usize,
+    },
     /// Creating one topic failed.
     #[error("creating topic {topic} failed: {code}")]
     Create {
@@ -390,6 +404,24 @@ pub async fn apply(
         .map(|(spec, _)| spec)
         .collect();
     if !missing.is_empty() {
+        let brokers = admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .map_err(|source| TopologyError::Kafka {
+                operation: "metadata",
+                source,
+            })?
+            .brokers()
+            .len();
+        if let Some(spec) = missing
+            .iter()
+            .find(|s| usize::try_from(s.replication_factor).unwrap_or(0) > brokers)
+        {
+            return Err(TopologyError::TooFewBrokers {
+                replication_factor: spec.replication_factor,
+                brokers,
+            });
+        }
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|spec| {
