@@ -73,7 +73,8 @@ pub struct SandboxSettings {
     pub webhook_secret: String,
     /// SMTP AUTH credentials; without them any client may send.
     pub smtp: SmtpCredentials,
-    /// Accepted messages kept for queries (oldest dropped first).
+    /// Accepted messages kept for queries; past it the oldest are dropped
+    /// and counted (`/sandbox/counts`: `sandbox.records_dropped`).
     pub max_records: usize,
 }
 
@@ -135,6 +136,10 @@ pub struct SmtpCredentials {
     /// Password.
     pub password: Option<String>,
 }
+
+/// The `/sandbox/counts` entry (under `sandbox`) for accepted messages no
+/// longer kept because `max_records` was reached.
+pub const RECORDS_DROPPED: &str = "records_dropped";
 
 /// One message a provider accepted.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -200,8 +205,30 @@ impl Sandbox {
         self.count(provider, "accepted");
         let mut records = lock(&self.records);
         records.push_back(record.clone());
+        let mut dropped = 0;
         while records.len() > self.settings.max_records.max(1) {
             records.pop_front();
+            dropped += 1;
+        }
+        drop(records);
+        if dropped > 0 {
+            // Counted, so a run that reads the records back knows they are
+            // not all there; said once in the log.
+            let first = lock(&self.counts)
+                .get("sandbox")
+                .and_then(|c| c.get(RECORDS_DROPPED))
+                .is_none();
+            for _ in 0..dropped {
+                self.count("sandbox", RECORDS_DROPPED);
+            }
+            if first {
+                tracing::warn!(
+                    max_records = self.settings.max_records,
+                    "More messages accepted than sandbox.max_records keeps: the oldest are \
+                     dropped from /sandbox/messages and counted as sandbox.records_dropped \
+                     in /sandbox/counts."
+                );
+            }
         }
         record
     }
@@ -562,5 +589,35 @@ async fn serve_http(
                 () = stop.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_past_max_records_are_dropped_oldest_first_and_counted() {
+        let sandbox = Sandbox::new(SandboxSettings {
+            max_records: 2,
+            ..SandboxSettings::default()
+        });
+        for n in 0..5 {
+            sandbox.accept(
+                "webhook",
+                Some(format!("n-{n}")),
+                format!("p-{n}"),
+                serde_json::json!({}),
+            );
+        }
+        let kept: Vec<_> = sandbox
+            .records(None, None)
+            .into_iter()
+            .filter_map(|r| r.notification_id)
+            .collect();
+        assert_eq!(kept, vec!["n-3".to_string(), "n-4".to_string()]);
+        let counts = sandbox.counts();
+        assert_eq!(counts["sandbox"][RECORDS_DROPPED], 3);
+        assert_eq!(counts["webhook"]["accepted"], 5);
     }
 }
