@@ -35,3 +35,4 @@ bench: nisshi ## Benchmarks; paste the tables into BENCHMARKS.md with commit and
 	$(CARGO) run -q --release -p herald-scaler --example scaling_sim
 	$(CARGO) build -q --release -p herald-deliver --bin herald-deliver
 	$(CARGO) run -q --release -p herald-deliver --example deliver_throughput
+	$(CARGO) run -q --release -p herald-deliver --example deliver_latency

@@ -12,8 +12,9 @@
 //! its notification id (a replay, a redelivery after a crash, a duplicate
 //! from an aborted transaction), or wait while a copy of it is being sent
 //! and skip it once that copy is; hold normal and bulk while urgent messages
-//! are pending; send through the message's routes (breaker permit, rate
-//! limit, failover to a secondary); then record the success in the ledger,
+//! wait for a slot (not while they are in flight); send through the
+//! message's routes (breaker permit, rate limit, failover to a secondary);
+//! then record the success in the ledger,
 //! or schedule a retry through a tier, or dead-letter it, or record a
 //! permanent failure, each with a `DeliveryStatus`.
 
@@ -111,6 +112,9 @@ struct Shared {
     limiters: HashMap<String, TokenBucket>,
     config: DeliverConfig,
     ledgers: Mutex<HashMap<i32, Arc<tokio::sync::OnceCell<Arc<Ledger>>>>>,
+    /// Urgent messages received and not yet started (waiting for a slot
+    /// in their partition's window): normal and bulk sends wait while any
+    /// are, so urgent ones take the capacity first when it is short.
     urgent_pending: AtomicUsize,
     fatal: Mutex<Option<String>>,
     /// Topic names, formatted once.
@@ -611,6 +615,11 @@ async fn partition_task(
             }
             next = rx.recv(), if taking => {
                 let Some(msg) = next else { break };
+                // Started: an urgent message in flight holds no lower lane
+                // back, only one still waiting for a slot does.
+                if urgent_lane {
+                    shared.urgent_pending.fetch_sub(1, Ordering::SeqCst);
+                }
                 let left = queued.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
                 if left < queue_high(max) / 2 && paused.swap(false, Ordering::SeqCst) {
                     let _ = shared.consumer.resume(&tpl_of(&topic, partition));
@@ -620,9 +629,6 @@ async fn partition_task(
                 in_flight.push_back(
                     async move {
                         let done = s.deliver(&l, &msg).await;
-                        if urgent_lane {
-                            s.urgent_pending.fetch_sub(1, Ordering::SeqCst);
-                        }
                         (msg.offset(), done)
                     }
                     .boxed(),
