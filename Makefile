@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BROKERS := scripts/brokers.sh
 
-.PHONY: help run test lint unit bench brokers-up brokers-down nisshi build
+.PHONY: help run test lint unit bench chaos brokers-up brokers-down nisshi build
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ test: lint nisshi ## Every test: lint, unit, broker and end-to-end (starts and s
 	eval "$$($(BROKERS) start)"; \
 	echo "brokers: durable $$HERALD_TEST_DURABLE_BOOTSTRAP, fast $$HERALD_TEST_FAST_BOOTSTRAP"; \
 	$(CARGO) test --workspace --no-fail-fast
+
+chaos: nisshi ## The whole pipeline under crashes, outages and a broker restart, longer than in `make test`
+	$(CARGO) build --workspace --bins
+	HERALD_CHAOS_EVENTS=$${HERALD_CHAOS_EVENTS:-12000} HERALD_CHAOS_RATE=$${HERALD_CHAOS_RATE:-150} \
+	  $(CARGO) test -p herald-tests --test e2e chaos -- --nocapture
 
 bench: nisshi ## Benchmarks; paste the tables into BENCHMARKS.md with commit and machine
 	@echo "commit $$(git rev-parse --short HEAD), $$(nproc) cores, $$(free -g | awk '/Mem/{print $$2}') GiB"

@@ -3,6 +3,7 @@
 // Tests fail loudly on unexpected errors: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod chaos;
 mod deploy;
 mod partitioning;
 mod python_producer;

@@ -1,0 +1,472 @@
+//! The whole pipeline under faults, run the way an operator runs it: a
+//! durable broker of the test's own (nisshi on sqlite), `herald-router` and
+//! `herald-deliver` for email and for webhooks each as its own process, the
+//! provider sandbox, and traffic from a Python `confluent-kafka` producer
+//! (every tenth event sent twice, one record in a hundred garbage).
+//!
+//! While the traffic flows: the router is SIGKILLed and restarted, then the
+//! email worker, the webhook provider has a 5 s outage, the broker is
+//! killed and restarted on the same storage, the webhook worker is
+//! SIGKILLed, and the SMTP relay throttles (429, answered as 451). The
+//! verdict, from the sandbox's records and the status and dead-letter
+//! topics:
+//!
+//! - nothing lost: every notification of every unique event reached its
+//!   provider, or has a `failed` or `dead_lettered` status;
+//! - no extra send unexplained: a notification sent twice was in flight in
+//!   a delivery worker when that worker was killed (its first send in the
+//!   seconds before the kill), at most the worker's in-flight window per
+//!   kill; nothing else reaches a provider twice;
+//! - every duplicate input got a `duplicate` status, every garbage record
+//!   is in the router's dead-letter topic with its bytes, and nothing but
+//!   the events' notifications reached a provider.
+//!
+//! Size: `HERALD_CHAOS_EVENTS` (default 2000) at `HERALD_CHAOS_RATE`
+//! events/s (default 80); `make chaos` runs a longer version. Bounded: the
+//! test gives up waiting 150 s after the traffic ends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_codec::Codec;
+use herald_kafka::Topology;
+use herald_model::ids::{DedupKey, NotificationId};
+use herald_model::wire::DeliveryStatus;
+use herald_model::{Channel, StatusKind};
+use herald_sandbox::{Fault, SandboxSettings};
+use herald_testkit::{RestartableBroker, TestBroker};
+use rdkafka::message::Message;
+
+const PARTITIONS: i32 = 4;
+const MAX_IN_FLIGHT: usize = 8;
+const SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../schemas/NotificationRequested.avsc"
+);
+const PRODUCER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/chaos_producer.py");
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A Herald binary Cargo built for the workspace's tests (beside this
+/// test's own executable).
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built: run `make test` (or cargo build --workspace --bins)",
+        bin.display()
+    );
+    bin
+}
+
+/// One stage process, started and ended by this test (by pid), its stderr
+/// kept in a log file that is printed when the verdict fails.
+struct Stage {
+    name: &'static str,
+    command: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Stage {
+    fn new(name: &'static str, dir: &Path, command: Vec<String>) -> Self {
+        let mut s = Self {
+            name,
+            command,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        s.start();
+        s
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .env("HERALD__LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) -> i64 {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        now_ms()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Every status and dead letter, read back once the pipeline is quiet.
+async fn statuses(broker: &TestBroker, topology: &Topology) -> Vec<DeliveryStatus> {
+    let codec = Codec::single_object();
+    let mut out = Vec::new();
+    for m in broker
+        .read_all(
+            &topology.named("status"),
+            PARTITIONS,
+            Duration::from_secs(3),
+        )
+        .await
+    {
+        out.push(codec.decode(m.payload().unwrap()).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_broker_restart() {
+    let count: u64 = env_or("HERALD_CHAOS_EVENTS", 2000);
+    let rate: f64 = env_or("HERALD_CHAOS_RATE", 80.0);
+    let traffic = Duration::from_secs_f64(count as f64 / rate);
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut nisshi = RestartableBroker::start();
+    let broker = nisshi.test_broker();
+    let topology = broker
+        .herald_topology("chaos", PARTITIONS, PARTITIONS)
+        .await;
+    let prefix = topology.settings().prefix.clone();
+    // A webhook key of this run's own (std's hasher seeds are random).
+    let secret = herald_sandbox::webhook_secret(&{
+        use std::hash::{BuildHasher, Hasher};
+        let mut k = [0u8; 32];
+        for chunk in k.chunks_mut(8) {
+            let word = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        k
+    });
+    let sandbox = herald_sandbox::serve(SandboxSettings {
+        webhook_secret: secret.clone(),
+        max_records: 1_000_000,
+        ..SandboxSettings::loopback()
+    })
+    .await
+    .unwrap();
+    let webhook_url = format!("http://{}/hooks/chaos", sandbox.bound.http);
+
+    let common = format!(
+        "[kafka]\nbootstrap = \"{}\"\n\
+         [kafka.consumer_overrides]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [topics]\nprefix = \"{prefix}\"\npartitions = {PARTITIONS}\nchannel_partitions = {PARTITIONS}\nreplication_factor = 1\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        broker.bootstrap()
+    );
+    let router_toml = write(
+        dir.path(),
+        "router.toml",
+        &format!(
+            "{common}[router]\ngroup = \"{}\"\n",
+            broker.group("chaos-router")
+        ),
+    );
+    let deliver = format!(
+        "{common}[deliver]\ngroup = \"{{group}}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\
+         [deliver.retry]\nbase_delay = \"200ms\"\nmax_delay = \"2s\"\nmax_attempts = 30\njitter = 0.2\n"
+    );
+    let email_toml = write(
+        dir.path(),
+        "email.toml",
+        &format!(
+            "{}[deliver.email]\nhost = \"{}\"\nport = {}\ntls = \"none\"\n\
+             from = \"Herald <noreply@example.test>\"\ntimeout = \"5s\"\n",
+            deliver.replace("{group}", &broker.group("chaos-email")),
+            sandbox.bound.smtp.ip(),
+            sandbox.bound.smtp.port()
+        ),
+    );
+    let webhook_toml = write(
+        dir.path(),
+        "webhook.toml",
+        &format!(
+            "{}[deliver.webhook]\nsecret = \"{secret}\"\nallow_private_networks = true\ntimeout = \"5s\"\n",
+            deliver.replace("{group}", &broker.group("chaos-webhook"))
+        ),
+    );
+    let stage = |name, bin: &str, args: &[&str]| {
+        let mut command = vec![binary(bin).display().to_string()];
+        command.extend(args.iter().map(|a| a.to_string()));
+        Stage::new(name, dir.path(), command)
+    };
+    let mut router = stage("router", "herald-router", &["--config", &router_toml]);
+    let mut email = stage(
+        "email",
+        "herald-deliver",
+        &["--channel", "email", "--config", &email_toml],
+    );
+    let mut webhook = stage(
+        "webhook",
+        "herald-deliver",
+        &["--channel", "webhook", "--config", &webhook_toml],
+    );
+
+    let python = std::env::var("HERALD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut producer = Command::new(python)
+        .args([
+            PRODUCER,
+            broker.bootstrap(),
+            &topology.notifications(),
+            SCHEMA,
+            &count.to_string(),
+            &rate.to_string(),
+            &webhook_url,
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3 (install: pip install confluent-kafka fastavro)");
+
+    // The faults, spread over the traffic.
+    let started = Instant::now();
+    let at = |share: f64| started + traffic.mul_f64(share);
+    let until = |t: Instant| tokio::time::sleep_until(t.into());
+    let mut kills: Vec<(Channel, i64)> = Vec::new();
+
+    until(at(0.15)).await;
+    router.kill();
+    router.start();
+    until(at(0.3)).await;
+    kills.push((Channel::Email, email.kill()));
+    email.start();
+    until(at(0.4)).await;
+    sandbox.sandbox.set_fault(
+        "webhook",
+        Fault {
+            outage_s: Some(5),
+            ..Fault::default()
+        },
+    );
+    until(at(0.55)).await;
+    nisshi.stop("KILL");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nisshi.restart();
+    until(at(0.7)).await;
+    kills.push((Channel::Webhook, webhook.kill()));
+    webhook.start();
+    until(at(0.8)).await;
+    sandbox.sandbox.set_fault(
+        "smtp",
+        Fault {
+            error_rate: 0.3,
+            error_status: Some(429),
+            ..Fault::default()
+        },
+    );
+    until(at(0.9)).await;
+    sandbox.sandbox.clear_fault("smtp");
+    sandbox.sandbox.clear_fault("webhook");
+
+    // The traffic ends; then every notification is waited for.
+    let deadline = Instant::now() + traffic + Duration::from_secs(120);
+    let out = loop {
+        if let Some(status) = producer.try_wait().unwrap() {
+            let out = producer.wait_with_output().unwrap();
+            assert!(
+                status.success(),
+                "the Python producer failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            break out;
+        }
+        assert!(Instant::now() < deadline, "the Python producer did not end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    let duplicates = manifest["duplicates"].as_u64().unwrap();
+    let garbage = manifest["garbage"].as_u64().unwrap();
+
+    // What should arrive: two notifications per unique event.
+    let mut expected: BTreeMap<String, (Channel, u64)> = BTreeMap::new();
+    for n in 0..count {
+        let key = DedupKey::new("chaos-team", "order_update", &format!("chaos-{n}"));
+        let email_to = format!("user{}@example.test", n % 50);
+        expected.insert(
+            NotificationId::new(key, Channel::Email, &email_to).to_string(),
+            (Channel::Email, n),
+        );
+        expected.insert(
+            NotificationId::new(key, Channel::Webhook, &webhook_url).to_string(),
+            (Channel::Webhook, n),
+        );
+    }
+    let final_deadline = Instant::now() + Duration::from_secs(150);
+    let (sends, statuses) = loop {
+        let now = sends(&sandbox.sandbox);
+        let arrived = expected.keys().filter(|id| now.contains_key(*id)).count();
+        if arrived == expected.len() || Instant::now() > final_deadline {
+            // Quiet: what the retries still hold is given a moment.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            break (sends(&sandbox.sandbox), statuses(&broker, &topology).await);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let stages_alive = [router.running(), email.running(), webhook.running()];
+    let logs = || {
+        format!(
+            "\n--- router ---\n{}\n--- email ---\n{}\n--- webhook ---\n{}",
+            router.tail(),
+            email.tail(),
+            webhook.tail()
+        )
+    };
+
+    // Nothing lost.
+    let failed: BTreeSet<&str> = statuses
+        .iter()
+        .filter(|s| matches!(s.status, StatusKind::Failed | StatusKind::DeadLettered))
+        .filter_map(|s| s.notification_id.as_deref())
+        .collect();
+    let lost: Vec<_> = expected
+        .iter()
+        .filter(|(id, _)| !sends.contains_key(*id) && !failed.contains(id.as_str()))
+        .map(|(id, (ch, n))| format!("{ch:?} of chaos-{n} ({id})"))
+        .collect();
+    println!(
+        "chaos: {count} events, {} notifications, {} sends, {} failed, {duplicates} duplicate inputs, \
+         {garbage} garbage; stages alive {stages_alive:?}",
+        expected.len(),
+        sends.values().map(Vec::len).sum::<usize>(),
+        failed.len()
+    );
+    assert!(lost.is_empty(), "lost: {} {lost:?}{}", lost.len(), logs());
+
+    // Only the events' notifications reached a provider.
+    let strangers: Vec<_> = sends
+        .keys()
+        .filter(|id| !expected.contains_key(*id))
+        .collect();
+    assert!(strangers.is_empty(), "unexpected sends: {strangers:?}");
+
+    // Every extra send was in flight in a worker that was killed.
+    // A worker reads 3 lanes and 4 retry tiers of PARTITIONS partitions.
+    let window = PARTITIONS as usize * 7 * MAX_IN_FLIGHT;
+    let mut extra: BTreeMap<Channel, usize> = BTreeMap::new();
+    let mut unexplained = Vec::new();
+    for (id, at) in &sends {
+        if at.len() < 2 {
+            continue;
+        }
+        let channel = expected[id].0;
+        *extra.entry(channel).or_default() += at.len() - 1;
+        let first = at.iter().min().unwrap();
+        let explained = kills
+            .iter()
+            .any(|(ch, killed)| *ch == channel && (killed - 10_000..=*killed).contains(first));
+        if !explained {
+            unexplained.push(format!("{channel:?} {id} at {at:?}"));
+        }
+    }
+    println!("chaos: extra sends {extra:?} (kills at {kills:?}, bound {window} per kill)");
+    assert!(
+        unexplained.is_empty(),
+        "sent twice outside any worker crash window: {unexplained:?}"
+    );
+    for (channel, n) in &extra {
+        let killed = kills.iter().filter(|(c, _)| c == channel).count();
+        assert!(
+            *n <= killed * window,
+            "{n} extra {channel:?} sends for {killed} kill(s), bound {window} each"
+        );
+    }
+
+    // Every duplicate input was recognised.
+    let recognised: BTreeSet<&str> = statuses
+        .iter()
+        .filter(|s| s.status == StatusKind::Duplicate)
+        .filter_map(|s| s.idempotency_key.as_deref())
+        .collect();
+    let missed: Vec<u64> = (0..count)
+        .filter(|n| n % 10 == 9 && !recognised.contains(format!("chaos-{n}").as_str()))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "duplicates without a duplicate status: {missed:?}"
+    );
+
+    // Every garbage record is dead-lettered with its bytes.
+    let dead: BTreeSet<Vec<u8>> = broker
+        .read_all(
+            &topology.named("dead-letter"),
+            PARTITIONS,
+            Duration::from_secs(3),
+        )
+        .await
+        .iter()
+        .filter_map(|m| m.payload().map(<[u8]>::to_vec))
+        .filter(|p| p.starts_with(b"\x00garbage "))
+        .collect();
+    assert_eq!(
+        dead.len() as u64,
+        garbage,
+        "garbage records in the dead-letter topic"
+    );
+    drop(nisshi);
+}
+
+fn sends(sandbox: &herald_sandbox::Sandbox) -> BTreeMap<String, Vec<i64>> {
+    let mut sends: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in sandbox.records(None, None) {
+        if let Some(id) = r.notification_id {
+            sends.entry(id).or_default().push(r.at_ms);
+        }
+    }
+    sends
+}
