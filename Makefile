@@ -41,3 +41,5 @@ bench: nisshi ## Benchmarks; paste the tables into BENCHMARKS.md with commit and
 	$(CARGO) build -q --release -p herald-deliver --bin herald-deliver
 	$(CARGO) run -q --release -p herald-deliver --example deliver_throughput
 	$(CARGO) run -q --release -p herald-deliver --example deliver_latency
+	$(CARGO) build -q --release --bins
+	$(CARGO) run -q --release -p herald-tests --example pipeline_latency
