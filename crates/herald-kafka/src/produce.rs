@@ -10,6 +10,22 @@ pub const DLQ_REASON: &str = "herald.dlq.reason";
 pub const DLQ_DETAIL: &str = "herald.dlq.detail";
 /// Header with the source `topic/partition/offset`.
 pub const DLQ_SOURCE: &str = "herald.dlq.source";
+/// Header on a dead letter whose body was cut to [`DLQ_BODY_MAX`]: the
+/// original body's length in bytes (the source coordinates find the rest).
+pub const DLQ_TRUNCATED: &str = "herald.dlq.truncated";
+
+/// The most one Herald record may carry (key, value and headers). Every
+/// Herald producer refuses records above librdkafka's `message.max.bytes`
+/// (1,000,000) and brokers refuse them above `max.message.bytes`
+/// (1,048,588 by default); this leaves room for the record's framing and
+/// for what a delivery worker adds to a retry (its attempt history). A
+/// stage checks its outputs against it before producing: an output over
+/// it is a per-record outcome (a dead letter), never a failed produce.
+pub const MAX_RECORD_BYTES: usize = 900_000;
+/// A dead letter keeps at most this much of the original body.
+pub const DLQ_BODY_MAX: usize = 256 * 1024;
+/// A dead letter's detail header keeps at most this much of the error.
+const DLQ_DETAIL_MAX: usize = 2048;
 
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,20 +66,43 @@ impl Out {
         detail: &str,
     ) -> Self {
         let (source_topic, partition, offset) = source;
+        let detail = cut(detail, DLQ_DETAIL_MAX);
+        let mut headers = vec![
+            (DLQ_REASON, reason.as_bytes().to_vec()),
+            (DLQ_DETAIL, detail.as_bytes().to_vec()),
+            (
+                DLQ_SOURCE,
+                format!("{source_topic}/{partition}/{offset}").into_bytes(),
+            ),
+        ];
+        let payload = payload.map(|p| {
+            if p.len() > DLQ_BODY_MAX {
+                headers.push((DLQ_TRUNCATED, p.len().to_string().into_bytes()));
+                p[..DLQ_BODY_MAX].to_vec()
+            } else {
+                p.to_vec()
+            }
+        });
+        // A key is the producer's to choose; one too large is cut as well.
+        let key = key.map(|k| k[..k.len().min(DLQ_BODY_MAX / 4)].to_vec());
         Self {
             topic,
             partition: None,
-            key: key.map(<[u8]>::to_vec),
-            payload: payload.map(<[u8]>::to_vec),
-            headers: vec![
-                (DLQ_REASON, reason.as_bytes().to_vec()),
-                (DLQ_DETAIL, detail.as_bytes().to_vec()),
-                (
-                    DLQ_SOURCE,
-                    format!("{source_topic}/{partition}/{offset}").into_bytes(),
-                ),
-            ],
+            key,
+            payload,
+            headers,
         }
+    }
+
+    /// What the record carries: key, value and headers, in bytes.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -125,5 +164,52 @@ pub async fn acked(sent: Result<DeliveryFuture, String>) -> Result<(), String> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, _))) => Err(e.to_string()),
         Err(_) => Err("producer dropped".into()),
+    }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_always_fits_and_says_what_was_cut() {
+        let body = vec![7u8; 999_932];
+        let detail = "é".repeat(10_000);
+        let key = vec![1u8; 900_000];
+        let d = Out::dead_letter(
+            "dlq".into(),
+            ("in", 3, 42),
+            Some(&key),
+            Some(&body),
+            "too_large",
+            &detail,
+        );
+        assert!(d.size() <= MAX_RECORD_BYTES, "{}", d.size());
+        assert_eq!(d.payload.as_ref().map(Vec::len), Some(DLQ_BODY_MAX));
+        let header = |name| {
+            d.headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap_or_default())
+        };
+        assert_eq!(header(DLQ_TRUNCATED).as_deref(), Some("999932"));
+        assert_eq!(header(DLQ_SOURCE).as_deref(), Some("in/3/42"));
+        assert!(header(DLQ_DETAIL).is_some_and(|d| d.len() <= 2048 && d.starts_with('é')));
+
+        let small = Out::dead_letter("dlq".into(), ("in", 0, 1), None, Some(b"x"), "r", "d");
+        assert_eq!(small.payload.as_deref(), Some(&b"x"[..]));
+        assert!(!small.headers.iter().any(|(k, _)| *k == DLQ_TRUNCATED));
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use herald_codec::{Codec, DecodeError, EncodeError, Record};
+use herald_kafka::produce::MAX_RECORD_BYTES;
 pub use herald_kafka::Out;
 use herald_kafka::Topology;
 use herald_model::wire::{
@@ -96,6 +97,12 @@ pub fn dead_letter_out(topology: &Topology, input: &Input<'_>, reason: &str, det
         detail,
     )
 }
+
+/// The largest event the router accepts, in bytes (the record's value as
+/// produced): larger ones are dead-lettered with reason `too_large`. An
+/// event can fan out to several channel messages, each carrying its
+/// channel's content, so this stays well under what one record may hold.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
 /// The router's decision logic with its fixed inputs.
 pub struct Router {
@@ -259,6 +266,24 @@ impl Router {
                 )
                 .await?);
         };
+        if payload.len() > MAX_EVENT_BYTES {
+            EventReceived {
+                priority: "unknown",
+            }
+            .emit();
+            return Ok(self
+                .dead_letter(
+                    &input,
+                    "too_large",
+                    format!(
+                        "the event is {} bytes; at most {MAX_EVENT_BYTES} are accepted",
+                        payload.len()
+                    ),
+                    None,
+                    now_ms,
+                )
+                .await?);
+        }
         let event: NotificationRequested = match self.codec.decode(payload).await {
             Ok(e) => e,
             Err(e) if e.class() == ErrorClass::Retryable => return Err(ProcessError::Registry(e)),
@@ -410,6 +435,21 @@ impl Router {
                     .await?,
                 );
             }
+        }
+        // No output may be larger than a record can be (a template can
+        // multiply a variable): the event is dead-lettered instead, and
+        // kept as seen, so the partition moves on.
+        if let Some(big) = out.iter().find(|o| o.size() > MAX_RECORD_BYTES) {
+            let detail = format!(
+                "an output to {} would be {} bytes; a record holds at most {MAX_RECORD_BYTES}",
+                big.topic,
+                big.size()
+            );
+            out.retain(|o| o.topic == self.topics.state);
+            out.extend(
+                self.dead_letter(&input, "output_too_large", detail, Some(&event), now_ms)
+                    .await?,
+            );
         }
         Ok(out)
     }
