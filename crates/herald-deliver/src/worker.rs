@@ -28,7 +28,7 @@ use anyhow::Context as _;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use herald_codec::Codec;
-use herald_kafka::produce::{acked, send, Out};
+use herald_kafka::produce::{acked, send, Out, MAX_RECORD_BYTES};
 use herald_kafka::settings::ProducerKind;
 use herald_kafka::Topology;
 use herald_model::wire::{ChannelMessage, DeliveryStatus, LedgerEntry};
@@ -117,6 +117,8 @@ struct Shared {
     /// are, so urgent ones take the capacity first when it is short.
     urgent_pending: AtomicUsize,
     fatal: Mutex<Option<String>>,
+    /// Triggered with `fatal`.
+    failed: Shutdown,
     /// Topic names, formatted once.
     ledger_topic: String,
     status_topic: String,
@@ -129,6 +131,8 @@ impl Shared {
 
     fn fail(&self, why: String) {
         lock(&self.fatal).get_or_insert(why);
+        // The consumer's loop stops at once, not at its next record.
+        self.failed.trigger();
     }
 
     fn ledger_topic(&self) -> String {
@@ -336,6 +340,32 @@ impl Shared {
     }
 
     /// Produces `outs` and waits for every acknowledgement.
+    /// The dead letter of a message too large to be written again.
+    fn too_large(&self, source: (&str, i32, i64), msg: &OwnedMessage, size: usize) -> Out {
+        DeadLettered {
+            stage: "deliver",
+            reason: "too_large_to_retry",
+            topic: source.0,
+            partition: source.1,
+            offset: source.2,
+        }
+        .emit();
+        DeliveryOutcome {
+            channel: self.ch(),
+            outcome: "dead_lettered",
+        }
+        .emit();
+        Out::dead_letter(
+            self.topology
+                .named(&format!("{}.dead-letter", self.channel)),
+            source,
+            msg.key(),
+            msg.payload(),
+            "too_large_to_retry",
+            &format!("its retry would be {size} bytes; a record holds at most {MAX_RECORD_BYTES}"),
+        )
+    }
+
     async fn emit_all(&self, outs: Vec<Out>) -> Result<(), String> {
         let sent: Vec<_> = outs
             .into_iter()
@@ -349,12 +379,32 @@ impl Shared {
 
     /// Delivers one record; `Err` only when an effect could not be
     /// produced (the offset is then not stored and the worker stops).
-    async fn deliver(&self, ledger: &Ledger, msg: &OwnedMessage) -> Result<(), String> {
+    /// A retry still waiting for its time when `stop` comes is left for
+    /// the partition's next owner ([`Handled::Left`]).
+    async fn deliver(
+        &self,
+        ledger: &Ledger,
+        msg: &OwnedMessage,
+        stop: &Shutdown,
+    ) -> Result<Handled, String> {
+        match self.deliver_one(ledger, msg, stop).await {
+            Ok(()) => Ok(Handled::Done),
+            Err(Abandon::Left) => Ok(Handled::Left),
+            Err(Abandon::Failed(e)) => Err(e),
+        }
+    }
+
+    async fn deliver_one(
+        &self,
+        ledger: &Ledger,
+        msg: &OwnedMessage,
+        stop: &Shutdown,
+    ) -> Result<(), Abandon> {
         let source = (msg.topic(), msg.partition(), msg.offset());
         let bytes = msg.payload().unwrap_or_default();
         let mut m: ChannelMessage = match self.codec.decode(bytes).await {
             Ok(m) => m,
-            Err(e) if e.class() == ErrorClass::Retryable => return Err(e.to_string()),
+            Err(e) if e.class() == ErrorClass::Retryable => return Err(e.to_string().into()),
             Err(e) => {
                 DeadLettered {
                     stage: "deliver",
@@ -373,7 +423,7 @@ impl Shared {
                     e.reason(),
                     &e.to_string(),
                 );
-                return self.emit_all(vec![dlq]).await;
+                return Ok(self.emit_all(vec![dlq]).await?);
             }
         };
         if let Some(nb) = m.not_before {
@@ -383,8 +433,14 @@ impl Shared {
                     .deliver_retry_waiting
                     .with_label_values(&[self.ch()]);
                 gauge.inc();
-                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                let stopped = tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(wait as u64)) => false,
+                    () = stop.cancelled() => true,
+                };
                 gauge.dec();
+                if stopped {
+                    return Err(Abandon::Left);
+                }
             }
         }
         let now = now_ms();
@@ -395,7 +451,7 @@ impl Shared {
             }
             .emit();
             let s = self.status(&m, StatusKind::Stale, Some("expired".into()), None, None);
-            return self.emit_all(vec![self.status_out(&s).await?]).await;
+            return Ok(self.emit_all(vec![self.status_out(&s).await?]).await?);
         }
         // Held until this copy's outcome is recorded: a copy of the same id
         // in flight alongside waits for it, then finds it in the ledger.
@@ -486,13 +542,30 @@ impl Shared {
                             .encode(&topic, &m)
                             .await
                             .map_err(|e| e.to_string())?;
-                        outs.push(Out {
+                        let retry = Out {
                             topic,
                             partition: Some(msg.partition()),
                             key: msg.key().map(<[u8]>::to_vec),
                             payload: Some(payload),
                             headers: vec![(ATTEMPTS_HEADER, history)],
-                        });
+                        };
+                        if retry.size() > MAX_RECORD_BYTES {
+                            // Too large to write again: it ends here, as a
+                            // dead letter that fits, not a failed produce.
+                            let status = self.status(
+                                &m,
+                                StatusKind::DeadLettered,
+                                Some("too_large_to_retry".into()),
+                                Some(e.provider),
+                                None,
+                            );
+                            let outs = vec![
+                                self.too_large(source, msg, retry.size()),
+                                self.status_out(&status).await?,
+                            ];
+                            return Ok(self.emit_all(outs).await?);
+                        }
+                        outs.push(retry);
                         DeliveryOutcome {
                             channel: self.ch(),
                             outcome: "retry_scheduled",
@@ -542,9 +615,31 @@ impl Shared {
                     }
                 };
                 outs.push(self.status_out(&status).await?);
-                self.emit_all(outs).await
+                Ok(self.emit_all(outs).await?)
             }
         }
+    }
+}
+
+/// How one record ended in its partition's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// Every effect acknowledged: its offset may be stored.
+    Done,
+    /// Left unfinished at a stop (a retry waiting for its time): neither
+    /// its offset nor any later one is stored, the next owner reads it.
+    Left,
+}
+
+/// Why [`Shared::deliver_one`] did not finish a record.
+enum Abandon {
+    Left,
+    Failed(String),
+}
+
+impl From<String> for Abandon {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
     }
 }
 
@@ -601,17 +696,26 @@ async fn partition_task(
     };
     let max = shared.config.deliver.max_in_flight;
     let mut in_flight = FuturesOrdered::new();
+    // Offsets are stored in order: once a record is left for the next
+    // owner, no later offset of the partition is stored.
+    let mut left_one = false;
     loop {
         let taking = in_flight.len() < max && !stop.is_triggered();
         tokio::select! {
             biased;
             Some((offset, done)) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(why) = done {
-                    shared.fail(format!("{topic}/{partition}@{offset}: {why}"));
-                    return;
+                match done {
+                    Err(why) => {
+                        shared.fail(format!("{topic}/{partition}@{offset}: {why}"));
+                        return;
+                    }
+                    Ok(Handled::Left) => left_one = true,
+                    // Fails harmlessly when the partition was revoked meanwhile.
+                    Ok(Handled::Done) if !left_one => {
+                        let _ = shared.consumer.store_offset(&topic, partition, offset);
+                    }
+                    Ok(Handled::Done) => {}
                 }
-                // Fails harmlessly when the partition was revoked meanwhile.
-                let _ = shared.consumer.store_offset(&topic, partition, offset);
             }
             next = rx.recv(), if taking => {
                 let Some(msg) = next else { break };
@@ -626,9 +730,10 @@ async fn partition_task(
                 }
                 let s = Arc::clone(&shared);
                 let l = Arc::clone(&ledger);
+                let stop = stop.clone();
                 in_flight.push_back(
                     async move {
-                        let done = s.deliver(&l, &msg).await;
+                        let done = s.deliver(&l, &msg, &stop).await;
                         (msg.offset(), done)
                     }
                     .boxed(),
@@ -643,8 +748,11 @@ async fn partition_task(
             shared.urgent_pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
+    // What is in flight finishes (a send is not cut off mid-request), and
+    // a retry waiting for its time is left; offsets stay in order.
     while let Some((offset, done)) = in_flight.next().await {
-        if done.is_ok() {
+        left_one |= !matches!(done, Ok(Handled::Done));
+        if !left_one {
             let _ = shared.consumer.store_offset(&topic, partition, offset);
         }
     }
@@ -721,6 +829,7 @@ pub async fn run(
         ledgers: Mutex::new(HashMap::new()),
         urgent_pending: AtomicUsize::new(0),
         fatal: Mutex::new(None),
+        failed: Shutdown::new(),
         ledger_topic,
         status_topic,
     });
@@ -743,6 +852,7 @@ pub async fn run(
             }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                () = shared.failed.cancelled() => continue,
                 _ = evict.tick() => shared.evict().await,
                 next = stream.next() => {
                     let msg = match next {

@@ -401,6 +401,126 @@ async fn normal_messages_are_not_held_while_urgent_ones_are_in_flight() {
     );
 }
 
+/// A retry waiting for its time does not hold a stop: the worker stops
+/// within seconds (it waited until the retry's time, up to an hour in the
+/// last tier), and the retry is delivered by the next worker, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_does_not_wait_for_retries_and_leaves_them_to_the_next_worker() {
+    let s = setup("deliver-stop").await;
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    let (stopper, task) = start(s.config());
+    s.sandbox.set_fault(
+        "webhook",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(429),
+            retry_after_s: Some(8),
+            ..Fault::default()
+        },
+    );
+    let m = s.message(1);
+    s.produce(&producer, &m).await;
+    let deadline = Instant::now() + WAIT;
+    while s
+        .sandbox
+        .counts()
+        .get("webhook")
+        .and_then(|c| c.get("429 injected"))
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "no 429 seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.sandbox.clear_fault("webhook");
+    // The retry is read back and waits for its time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stopping = Instant::now();
+    stopper.trigger();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the worker stops within 5 s with a retry waiting")
+        .unwrap()
+        .unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    assert!(s.delivered().is_empty(), "not sent before its time");
+
+    let (stopper, task) = start(s.config());
+    let seen = s.wait_delivered(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop(stopper, task).await;
+    assert_eq!(seen.get(&m.notification_id), Some(&1));
+    assert_eq!(s.delivered().len(), 1);
+}
+
+/// A message that fails retryably but is too large to be written again as
+/// a retry is dead-lettered (cut to fit), and the worker goes on; before,
+/// the retry's produce failed and the worker stopped delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_too_large_to_retry_is_dead_lettered_and_the_worker_goes_on() {
+    let s = setup("deliver-big").await;
+    let mut settings = s.broker.settings();
+    settings
+        .producer_overrides
+        .insert("message.max.bytes".into(), "2000000".into());
+    let producer = settings
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    s.sandbox.set_fault(
+        "webhook",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(503),
+            ..Fault::default()
+        },
+    );
+    let (stopper, task) = start(s.config());
+    let mut big = s.message(1);
+    big.content.body = format!(r#"{{"pad":"{}"}}"#, "p".repeat(998_500));
+    s.produce(&producer, &big).await;
+    let deadline = Instant::now() + WAIT;
+    let dead = loop {
+        let dead = s
+            .broker
+            .read_all(
+                &s.topology.named("webhook.dead-letter"),
+                2,
+                Duration::from_secs(1),
+            )
+            .await;
+        if !dead.is_empty() || Instant::now() > deadline {
+            break dead;
+        }
+        assert!(!task.is_finished(), "the worker stopped");
+    };
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0]
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == "herald.dlq.reason")
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(reason.as_deref(), Some("too_large_to_retry"));
+    assert!(dead[0].payload().unwrap().len() <= 256 * 1024);
+
+    s.sandbox.clear_fault("webhook");
+    let next = s.message(2);
+    s.produce(&producer, &next).await;
+    let seen = s.wait_delivered(1).await;
+    assert!(seen.contains_key(&next.notification_id));
+    assert!(!task.is_finished(), "the worker goes on");
+    stop(stopper, task).await;
+    let statuses = s.statuses().await;
+    assert!(statuses.iter().any(|x| x.notification_id.as_deref()
+        == Some(big.notification_id.as_str())
+        && x.status == StatusKind::DeadLettered
+        && x.reason.as_deref() == Some("too_large_to_retry")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_providers_rate_limit_is_kept() {
     let s = setup("deliver-rate").await;
