@@ -5,8 +5,9 @@
 //! request is the message's fault and counts as a healthy answer.
 //!
 //! Closed: `failure_threshold` consecutive unhealthy answers open it (and a
-//! `Retry-After` longer than `open_for` is honoured). Open: nothing is sent
-//! until the open period ends; then half-open: `probes` requests go through.
+//! `Retry-After` longer than `open_for` is honoured, up to `max_open_for`).
+//! Open: nothing is sent until the open period ends; then half-open:
+//! `probes` requests go through.
 //! A healthy probe closes it; an unhealthy one opens it again for twice as
 //! long (up to `max_open_for`).
 
@@ -155,7 +156,12 @@ impl Breaker {
                 if reopen {
                     self.open_for = (self.open_for * 2).min(self.settings.max_open_for);
                 }
-                let wait = self.open_for.max(retry_after.unwrap_or_default());
+                // A provider's Retry-After is honoured up to the longest
+                // open period: an endpoint cannot close itself for a year.
+                let wait = self
+                    .open_for
+                    .max(retry_after.unwrap_or_default())
+                    .min(self.settings.max_open_for);
                 self.state = State::Open {
                     until_ms: now_ms + wait.as_millis() as i64,
                 };
@@ -227,10 +233,22 @@ mod tests {
         b.record(0, false, None);
         b.record(0, false, None);
         assert_eq!(
-            b.record(0, false, Some(Duration::from_secs(60))),
-            Some(State::Open { until_ms: 60_000 })
+            b.record(0, false, Some(Duration::from_secs(25))),
+            Some(State::Open { until_ms: 25_000 })
         );
-        assert_eq!(b.state(59_999).as_str(), "open");
-        assert_eq!(b.state(60_000).as_str(), "half_open");
+        assert_eq!(b.state(24_999).as_str(), "open");
+        assert_eq!(b.state(25_000).as_str(), "half_open");
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_the_longest_open_period() {
+        let mut b = breaker();
+        b.record(0, false, None);
+        b.record(0, false, None);
+        // A year, asked by one endpoint: 30 s (max_open_for), no more.
+        assert_eq!(
+            b.record(0, false, Some(Duration::from_secs(31_536_000))),
+            Some(State::Open { until_ms: 30_000 })
+        );
     }
 }

@@ -205,10 +205,30 @@ impl Shared {
         }
     }
 
-    fn permit(&self, label: &str) -> Permit {
+    /// The breaker a send through `label` answers to: the provider's, and
+    /// for webhooks the endpoint's own (`host:port`), so one failing or
+    /// throttling endpoint stops only itself.
+    fn breaker_key(&self, label: &str, m: &ChannelMessage) -> String {
+        if self.channel != Channel::Webhook {
+            return label.to_string();
+        }
+        let authority = reqwest::Url::parse(&m.recipient.address)
+            .ok()
+            .map(|u| {
+                format!(
+                    "{}:{}",
+                    u.host_str().unwrap_or_default(),
+                    u.port_or_known_default().unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        format!("{label} {authority}")
+    }
+
+    fn permit(&self, label: &str, key: &str) -> Permit {
         let mut breakers = lock(&self.breakers);
         let b = breakers
-            .entry(label.to_string())
+            .entry(key.to_string())
             .or_insert_with(|| Breaker::new(self.config.deliver.breaker));
         let (permit, change) = b.permit(now_ms());
         if let Some(state) = change {
@@ -222,10 +242,10 @@ impl Shared {
         permit
     }
 
-    fn record(&self, label: &str, healthy: bool, retry_after: Option<Duration>) {
+    fn record(&self, label: &str, key: &str, healthy: bool, retry_after: Option<Duration>) {
         let mut breakers = lock(&self.breakers);
         let b = breakers
-            .entry(label.to_string())
+            .entry(key.to_string())
             .or_insert_with(|| Breaker::new(self.config.deliver.breaker));
         if let Some(state) = b.record(now_ms(), healthy, retry_after) {
             BreakerChanged {
@@ -248,8 +268,9 @@ impl Shared {
         };
         let mut failed: Option<SendError> = None;
         'routes: for (i, route) in routes.iter().enumerate() {
+            let key = self.breaker_key(&route.label, m);
             loop {
-                match self.permit(&route.label) {
+                match self.permit(&route.label, &key) {
                     Permit::Go | Permit::Probe => break,
                     Permit::WaitUntil(_) if i < last => continue 'routes,
                     Permit::WaitUntil(t) => {
@@ -269,6 +290,7 @@ impl Shared {
             };
             self.record(
                 &route.label,
+                &key,
                 healthy,
                 result.as_ref().err().and_then(|e| e.retry_after),
             );

@@ -521,6 +521,78 @@ async fn a_message_too_large_to_retry_is_dead_lettered_and_the_worker_goes_on() 
         && x.reason.as_deref() == Some("too_large_to_retry")));
 }
 
+/// One hostile webhook endpoint (every request answered `429` with
+/// `Retry-After` of a year) and a well-behaved one: the hostile one stops
+/// only itself. Before, one breaker for every webhook opened for a year and
+/// no tenant's webhooks went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_endpoint_stops_only_itself() {
+    let s = setup("deliver-hostile").await;
+    // The hostile endpoint: a listener of the test's own on loopback.
+    let hostile = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hostile_addr = hostile.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&hits);
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut conn, _)) = hostile.accept().await else {
+                return;
+            };
+            let counted = std::sync::Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    // One request per read is enough for these small bodies.
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 31536000\r\ncontent-length: 0\r\n\r\n",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    let (stopper, task) = start(s.config());
+    for n in 0..8 {
+        let mut m = s.message(n);
+        m.recipient.address = format!("http://{hostile_addr}/hooks/hostile");
+        s.produce(&producer, &m).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while hits.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the hostile endpoint was not tried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let good: Vec<ChannelMessage> = (100..103).map(|n| s.message(n)).collect();
+    for m in &good {
+        s.produce(&producer, m).await;
+    }
+    let seen = s.wait_delivered(3).await;
+    assert!(good.iter().all(|m| seen.contains_key(&m.notification_id)));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "well-behaved endpoints waited {:?}",
+        started.elapsed()
+    );
+    stopper.trigger();
+    let _ = tokio::time::timeout(WAIT, task).await;
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_providers_rate_limit_is_kept() {
     let s = setup("deliver-rate").await;
