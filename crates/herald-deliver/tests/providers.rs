@@ -304,6 +304,26 @@ async fn apns_failures_are_classified() {
         .await
         .unwrap_err();
     assert_eq!(e.reason, "InvalidProviderToken", "signed with another key");
+    // Control characters in a field that becomes a header: a permanent
+    // failure of that message, not a transport error that is retried and
+    // opens the breaker for every push.
+    for bad in ["a\r\nx-injected: 1", "nul\0", "line\n"] {
+        let mut m = message(60, Channel::Push, DEVICE);
+        m.content.data.insert("collapse_id".into(), bad.into());
+        let e = apns.send(&m).await.unwrap_err();
+        assert_eq!(
+            (e.failure, e.reason.as_str()),
+            (Failure::Permanent, "invalid_collapse_id"),
+            "{bad:?}"
+        );
+    }
+    assert!(env
+        .sandbox
+        .records(
+            None,
+            Some(&message(60, Channel::Push, DEVICE).notification_id)
+        )
+        .is_empty());
     // 429 with Retry-After, then 503.
     env.sandbox.set_fault(
         "apns",

@@ -137,8 +137,17 @@ impl Apns {
                 ..SendError::permanent(NAME, "BadDeviceToken")
             });
         }
-        let token = self.provider_token()?;
         let request = Request::of(m);
+        // A header value with control characters cannot be sent: the
+        // message's own fault, never the provider's (no retry, no breaker).
+        if request
+            .collapse_id
+            .as_deref()
+            .is_some_and(|c| c.chars().any(char::is_control))
+        {
+            return Err(SendError::permanent(NAME, "invalid_collapse_id"));
+        }
+        let token = self.provider_token()?;
         let url = format!(
             "{}/3/device/{}",
             self.settings.base_url.trim_end_matches('/'),

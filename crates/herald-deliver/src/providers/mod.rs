@@ -185,6 +185,12 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 /// A transport error, without the URL (it may carry a token or address).
 pub(crate) fn transport_error(provider: &'static str, e: &reqwest::Error) -> SendError {
+    // A request that cannot even be built (a header value with control
+    // characters, say) is the message's fault: permanent, not a provider
+    // failure that opens its breaker for everyone.
+    if e.is_builder() {
+        return SendError::permanent(provider, "invalid_request");
+    }
     let reason = if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
