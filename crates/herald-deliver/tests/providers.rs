@@ -592,6 +592,7 @@ async fn webhooks_are_signed_per_standard_webhooks() {
         "http://10.0.0.1/hook",
         "file:///etc/passwd",
         "http://user@127.0.0.1/x",
+        "http://:pw@127.0.0.1/x",
     ] {
         let e = hook
             .send(&message(33, Channel::Webhook, url))
@@ -617,6 +618,15 @@ async fn webhooks_are_signed_per_standard_webhooks() {
         format!("http://localhost:{}/hooks/orders", env.bound.http.port()),
         "http://169.254.169.254/latest/meta-data".to_string(),
         "http://[::1]/x".to_string(),
+        // Loopback and the metadata address inside NAT64, 6to4 and the
+        // IPv4-compatible form; documentation and benchmarking ranges.
+        format!("http://[64:ff9b::7f00:1]:{}/x", env.bound.http.port()),
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data".to_string(),
+        "http://[2002:7f00:1::]/x".to_string(),
+        format!("http://[::127.0.0.1]:{}/x", env.bound.http.port()),
+        "http://192.0.2.1/x".to_string(),
+        "http://198.18.0.1/x".to_string(),
+        "http://240.0.0.1/x".to_string(),
     ] {
         let e = guarded
             .send(&message(36, Channel::Webhook, &url))

@@ -60,7 +60,7 @@ pub struct Webhook {
 /// Whether an address is inside the network Herald runs in rather than on
 /// the internet.
 pub fn is_private(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv4Addr};
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -69,18 +69,46 @@ pub fn is_private(ip: std::net::IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.is_multicast()
                 || o[0] == 0
+                // Shared address space (carrier-grade NAT), 100.64.0.0/10.
                 || (o[0] == 100 && (64..128).contains(&o[1]))
+                // IETF protocol assignments and TEST-NET-1, 192.0.0.0/24 and 192.0.2.0/24.
+                || (o[0] == 192 && o[1] == 0 && (o[2] == 0 || o[2] == 2))
+                // Benchmarking, 198.18.0.0/15; TEST-NET-2 and -3.
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 198 && o[1] == 51 && o[2] == 100)
+                || (o[0] == 203 && o[1] == 0 && o[2] == 113)
+                // Reserved, 240.0.0.0/4.
+                || o[0] >= 240
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
+            // An IPv4 address carried inside an IPv6 one is judged as IPv4.
+            let embedded = |hi: u16, lo: u16| {
+                is_private(IpAddr::V4(Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                )))
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                // Mapped (::ffff:a.b.c.d) and the old compatible (::a.b.c.d) forms.
+                || v6.to_ipv4().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                // NAT64, 64:ff9b::/96 (the well-known prefix) and 64:ff9b:1::/48 (local).
+                || (s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] && embedded(s[6], s[7])))
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                // 6to4, 2002::/16: the IPv4 address follows the prefix.
+                || (s[0] == 0x2002 && embedded(s[1], s[2]))
+                // Teredo (2001::/32) hides its IPv4 address; documentation, 2001:db8::/32;
+                // discard-only, 100::/64.
+                || (s[0] == 0x2001 && (s[1] == 0 || s[1] == 0xdb8))
+                || (s[0] == 0x100 && s[1..4] == [0, 0, 0])
         }
     }
 }
@@ -153,7 +181,11 @@ impl Webhook {
             ..SendError::permanent(NAME, reason)
         };
         let url = reqwest::Url::parse(address).map_err(|_| invalid("bad_url"))?;
-        if !["http", "https"].contains(&url.scheme()) || !url.username().is_empty() {
+        // No credentials in the URL, not even a password without a user.
+        if !["http", "https"].contains(&url.scheme())
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
             return Err(invalid("bad_url"));
         }
         let host = url.host_str().unwrap_or("");
@@ -250,10 +282,38 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:10.0.0.1",
+            // Ranges that were missing.
+            "192.0.2.10",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.254",
+            "198.51.100.7",
+            "203.0.113.9",
+            "240.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:db8::1",
+            "ff02::1",
+            "100::1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1::1", "100.128.0.1"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "100.128.0.1",
+            "198.20.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }
