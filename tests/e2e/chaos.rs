@@ -36,6 +36,7 @@ use herald_model::ids::{DedupKey, NotificationId};
 use herald_model::wire::DeliveryStatus;
 use herald_model::{Channel, StatusKind};
 use herald_sandbox::{Fault, SandboxSettings};
+use herald_testkit::measure::{env_or, now_ms};
 use herald_testkit::{RestartableBroker, TestBroker};
 use rdkafka::message::Message;
 
@@ -46,20 +47,6 @@ const SCHEMA: &str = concat!(
     "/../schemas/NotificationRequested.avsc"
 );
 const PRODUCER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/chaos_producer.py");
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// A Herald binary Cargo built for the workspace's tests (beside this
 /// test's own executable).

@@ -24,33 +24,13 @@ use herald_kafka::settings::ProducerKind;
 use herald_model::wire::{ChannelMessage, WebhookContent};
 use herald_model::{sample, Channel, Priority};
 use herald_sandbox::{Fault, SandboxSettings};
+use herald_testkit::measure::{env_or, now_ms, percentile};
 use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 const PARTITIONS: i32 = 4;
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn release(name: &str) -> String {
     let bin = format!("{}/../target/release/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -20,33 +20,12 @@ use herald_codec::Codec;
 use herald_kafka::settings::ProducerKind;
 use herald_model::{sample, Channel, Priority};
 use herald_sandbox::{Fault, SandboxSettings};
+use herald_testkit::measure::{env_or, now_ms, percentile};
 use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 const PARTITIONS: i32 = 4;
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 #[tokio::main]
 async fn main() {

@@ -8,5 +8,6 @@ pub mod registry;
 
 pub use registry::TestRegistry;
 pub mod broker;
+pub mod measure;
 
 pub use broker::{BrokerKind, RestartableBroker, TestBroker};
