@@ -40,6 +40,13 @@ pub enum InvalidEvent {
     /// `expires_at` is before `created_at`.
     #[error("`expires_at` is before `created_at`")]
     ExpiresBeforeCreated,
+    /// The webhook content's `payload_json` is not a JSON document (a
+    /// webhook is always sent as `application/json`).
+    #[error("content.webhook.payload_json is not JSON: {detail}")]
+    PayloadNotJson {
+        /// Where the parser stopped (line and column, not the payload).
+        detail: String,
+    },
 }
 
 impl InvalidEvent {
@@ -52,6 +59,7 @@ impl InvalidEvent {
             Self::NoRecipient { .. } => "no_recipient",
             Self::NoChannel => "no_channel",
             Self::ExpiresBeforeCreated => "expires_before_created",
+            Self::PayloadNotJson { .. } => "payload_not_json",
         }
     }
 }
@@ -119,6 +127,14 @@ impl NotificationRequested {
         if self.target_channels().is_empty() {
             return Err(InvalidEvent::NoChannel);
         }
+        let webhook = self.content.as_ref().and_then(|c| c.webhook.as_ref());
+        if let Some(w) = webhook.filter(|_| self.target_channels().contains(&Channel::Webhook)) {
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&w.payload_json) {
+                return Err(InvalidEvent::PayloadNotJson {
+                    detail: format!("line {} column {}", e.line(), e.column()),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -150,6 +166,37 @@ mod tests {
             expires_at: None,
             trace: None,
         }
+    }
+
+    #[test]
+    fn a_webhook_payload_must_be_json() {
+        use crate::wire::WebhookContent;
+        let with_payload = |payload: &str, channels: Vec<Channel>| {
+            let mut e = event();
+            e.channels = channels;
+            e.recipients.webhook_url = Some("https://hooks.example/x".into());
+            if let Some(c) = e.content.as_mut() {
+                c.webhook = Some(WebhookContent {
+                    event_type: "order.shipped".into(),
+                    payload_json: payload.into(),
+                });
+            }
+            e
+        };
+        let err = with_payload(r#"{"order": 1"#, vec![])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.reason(), "payload_not_json");
+        assert!(
+            !err.to_string().contains("order"),
+            "no payload in the detail: {err}"
+        );
+        assert_eq!(with_payload(r#"{"order": 1}"#, vec![]).validate(), Ok(()));
+        // Not sent to a webhook: not checked.
+        assert_eq!(
+            with_payload("not json", vec![Channel::Sms]).validate(),
+            Ok(())
+        );
     }
 
     #[test]
