@@ -17,12 +17,14 @@ use std::sync::Mutex;
 
 use herald_model::ids::PrehashedHasher;
 use herald_model::NotificationId;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// Delivered notification ids with their expiry.
 #[derive(Debug, Default)]
 pub struct Ledger {
     entries: Mutex<Entries>,
+    /// Woken when a claim ends.
+    claim_ended: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -31,8 +33,8 @@ struct Entries {
     ids: HashMap<[u64; 2], u32, BuildHasherDefault<PrehashedHasher>>,
     /// Any other id text to expiry in milliseconds.
     other: HashMap<String, i64>,
-    /// Ids whose send is under way; the receiver ends when it is over.
-    sending: HashMap<String, watch::Receiver<()>>,
+    /// Ids whose send is under way.
+    sending: std::collections::HashSet<String>,
 }
 
 impl Entries {
@@ -51,12 +53,12 @@ impl Entries {
 pub struct Claim<'a> {
     ledger: &'a Ledger,
     id: String,
-    _over: watch::Sender<()>,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         self.ledger.lock().sending.remove(&self.id);
+        self.ledger.claim_ended.notify_waiters();
     }
 }
 
@@ -94,26 +96,24 @@ impl Ledger {
     /// for it to end and looks again, so two copies never go out together.
     pub async fn claim(&self, id: &str, now: i64) -> Option<Claim<'_>> {
         loop {
-            let mut under_way = {
+            // Registered before the check, so a claim ending in between
+            // still wakes this copy.
+            let ended = self.claim_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
                 let mut e = self.lock();
                 if e.contains(id, now) {
                     return None;
                 }
-                match e.sending.get(id) {
-                    Some(rx) => rx.clone(),
-                    None => {
-                        let (tx, rx) = watch::channel(());
-                        e.sending.insert(id.to_string(), rx);
-                        return Some(Claim {
-                            ledger: self,
-                            id: id.to_string(),
-                            _over: tx,
-                        });
-                    }
+                if e.sending.insert(id.to_string()) {
+                    return Some(Claim {
+                        ledger: self,
+                        id: id.to_string(),
+                    });
                 }
-            };
-            // Ends (with an error) once the holder's claim is dropped.
-            while under_way.changed().await.is_ok() {}
+            }
+            ended.await;
         }
     }
 

@@ -251,39 +251,30 @@ impl Router {
         input: Input<'_>,
         now_ms: i64,
     ) -> Result<Vec<Out>, ProcessError> {
-        let Some(payload) = input.payload else {
-            EventReceived {
-                priority: "unknown",
-            }
-            .emit();
-            return Ok(self
-                .dead_letter(
-                    &input,
-                    "empty",
-                    "the record has no value".into(),
-                    None,
-                    now_ms,
-                )
-                .await?);
+        // Refused before decoding: no value, or more than an event may be.
+        let refused = match input.payload {
+            None => Err(("empty", "the record has no value".to_string())),
+            Some(p) if p.len() > MAX_EVENT_BYTES => Err((
+                "too_large",
+                format!(
+                    "the event is {} bytes; at most {MAX_EVENT_BYTES} are accepted",
+                    p.len()
+                ),
+            )),
+            Some(p) => Ok(p),
         };
-        if payload.len() > MAX_EVENT_BYTES {
-            EventReceived {
-                priority: "unknown",
+        let payload = match refused {
+            Ok(p) => p,
+            Err((reason, detail)) => {
+                EventReceived {
+                    priority: "unknown",
+                }
+                .emit();
+                return Ok(self
+                    .dead_letter(&input, reason, detail, None, now_ms)
+                    .await?);
             }
-            .emit();
-            return Ok(self
-                .dead_letter(
-                    &input,
-                    "too_large",
-                    format!(
-                        "the event is {} bytes; at most {MAX_EVENT_BYTES} are accepted",
-                        payload.len()
-                    ),
-                    None,
-                    now_ms,
-                )
-                .await?);
-        }
+        };
         let event: NotificationRequested = match self.codec.decode(payload).await {
             Ok(e) => e,
             Err(e) if e.class() == ErrorClass::Retryable => return Err(ProcessError::Registry(e)),
