@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine as _;
 use herald_deliver::providers::apns::ApnsSettings;
 use herald_deliver::providers::email::{EmailSettings, Tls};
 use herald_deliver::providers::fcm::FcmSettings;
@@ -13,30 +12,11 @@ use herald_deliver::providers::webhook::WebhookSettings;
 use herald_deliver::{DeliverConfig, DeliverSettings};
 use herald_model::secret::Secret;
 use herald_model::Channel;
+use herald_sandbox::credentials::{self as creds, Credentials};
 use herald_sandbox::{Bound, Sandbox, SandboxSettings};
 use herald_telemetry::shutdown::Shutdown;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::nid::Nid;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
 
 use crate::config::CliConfig;
-
-const TEAM: &str = "HERALDDEV1";
-const KEY_ID: &str = "HERALDKEY1";
-const PROJECT: &str = "herald-dev";
-const CLIENT: &str = "herald-dev@herald-dev.iam.gserviceaccount.com";
-const SID: &str = "AC0000000000000000000000000000dev0";
-
-fn pem(bytes: Vec<u8>) -> anyhow::Result<String> {
-    Ok(String::from_utf8(bytes)?)
-}
-
-fn random(n: usize) -> anyhow::Result<Vec<u8>> {
-    let mut b = vec![0u8; n];
-    openssl::rand::rand_bytes(&mut b)?;
-    Ok(b)
-}
 
 /// The sandbox, started, and the delivery configuration of every channel
 /// pointing at it.
@@ -53,31 +33,12 @@ pub async fn start(
     config: &CliConfig,
     shutdown: Shutdown,
 ) -> anyhow::Result<(Stack, Vec<tokio::task::JoinHandle<std::io::Result<()>>>)> {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
-    let ec = PKey::from_ec_key(EcKey::generate(&group)?)?;
-    let rsa = PKey::from_rsa(Rsa::generate(2048)?)?;
-    let twilio_token = random(16)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    let webhook_secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(random(32)?)
-    );
-    let mut settings = SandboxSettings {
+    let keys = Credentials::generate()?;
+    let settings = keys.sandbox(SandboxSettings {
         http_listen: config.dev.sandbox_http,
         smtp_listen: config.dev.sandbox_smtp,
-        webhook_secret: webhook_secret.clone(),
         ..SandboxSettings::default()
-    };
-    settings.apns.team_id = TEAM.into();
-    settings.apns.key_id = KEY_ID.into();
-    settings.apns.public_key_pem = pem(ec.public_key_to_pem()?)?;
-    settings.fcm.project_id = PROJECT.into();
-    settings.fcm.client_email = CLIENT.into();
-    settings.fcm.public_key_pem = pem(rsa.public_key_to_pem()?)?;
-    settings.twilio.account_sid = SID.into();
-    settings.twilio.auth_token = twilio_token.clone();
+    });
     let sandbox = Sandbox::new(settings);
     let (bound, tasks) = herald_sandbox::start(sandbox, shutdown)
         .await
@@ -100,20 +61,20 @@ pub async fn start(
             Channel::Push => {
                 d.apns = Some(ApnsSettings {
                     base_url: http.clone(),
-                    team_id: TEAM.into(),
-                    key_id: KEY_ID.into(),
+                    team_id: creds::APNS_TEAM.into(),
+                    key_id: creds::APNS_KEY_ID.into(),
                     key_path: None,
-                    key_pem: Some(Secret::new(pem(ec.private_key_to_pem_pkcs8()?)?)),
-                    topic: "com.example.herald".into(),
+                    key_pem: Some(Secret::new(keys.apns_private_pem.clone())),
+                    topic: creds::APNS_TOPIC.into(),
                     token_refresh: Duration::from_secs(50 * 60),
                     timeout: Duration::from_secs(10),
                 });
                 d.fcm = Some(FcmSettings {
                     base_url: http.clone(),
                     service_account_file: None,
-                    project_id: Some(PROJECT.into()),
-                    client_email: Some(CLIENT.into()),
-                    private_key: Some(Secret::new(pem(rsa.private_key_to_pem_pkcs8()?)?)),
+                    project_id: Some(creds::FCM_PROJECT.into()),
+                    client_email: Some(creds::FCM_CLIENT.into()),
+                    private_key: Some(Secret::new(keys.fcm_private_pem.clone())),
                     token_uri: Some(format!("{http}/token")),
                     timeout: Duration::from_secs(10),
                 });
@@ -121,9 +82,9 @@ pub async fn start(
             Channel::Sms => {
                 d.twilio = Some(TwilioSettings {
                     base_url: http.clone(),
-                    account_sid: SID.into(),
-                    auth_token: Secret::new(twilio_token.clone()),
-                    from: Some("+15005550006".into()),
+                    account_sid: creds::TWILIO_SID.into(),
+                    auth_token: Secret::new(keys.twilio_token.clone()),
+                    from: Some(creds::TWILIO_FROM.into()),
                     messaging_service_sid: None,
                     status_callback: None,
                     timeout: Duration::from_secs(10),
@@ -147,7 +108,7 @@ pub async fn start(
             }
             Channel::Webhook => {
                 d.webhook = Some(WebhookSettings {
-                    secret: Secret::new(webhook_secret.clone()),
+                    secret: Secret::new(keys.webhook_secret.clone()),
                     allowed_hosts: Vec::new(),
                     // The sandbox is on loopback.
                     allow_private_networks: true,

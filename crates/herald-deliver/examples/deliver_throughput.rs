@@ -1,17 +1,20 @@
-//! `make bench`: one delivery worker process per channel (webhook, email
-//! over SMTP) against the sandbox with 20 ms of provider latency, on the
+//! `make bench`: one delivery worker process per channel (push over
+//! HTTP/2 to APNs and to FCM, SMS to Twilio's API, email over SMTP,
+//! webhook) against the sandbox with 20 ms of provider latency, on the
 //! local broker.
 //!
 //! Reports deliveries per second and the worker's peak RSS (VmHWM), with no
 //! errors and with 10% transient errors (503; SMTP 421), next to a baseline
 //! measured in the same run: the same sandbox driven directly through the
-//! same adapter with the same concurrency and no Kafka (the ceiling the
-//! provider latency allows; for email, `SMTP_CONNECTIONS` connections at
-//! 20 ms each). Targets: 10,000 webhook deliveries/s, RSS at most 150 MB;
-//! email at least 0.8 of its baseline.
+//! worker's own adapters (built from the same provider sections) with the
+//! same concurrency and no Kafka, the ceiling the provider latency allows
+//! (for email, `SMTP_CONNECTIONS` connections at 20 ms each). Targets:
+//! 10,000 webhook deliveries/s, RSS at most 150 MB; email at least 0.8 of
+//! its baseline (the SMTP connections bound both). Push and SMS are
+//! reported against their baselines.
 //!
 //! `HERALD_BENCH_DELIVERIES` (default 50000), `HERALD_BENCH_CHANNELS`
-//! (default `webhook,email`); the worker binary is
+//! (default `push,sms,email,webhook`); the worker binary is
 //! `target/release/herald-deliver` (`HERALD_DELIVER_BIN`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald_codec::Codec;
-use herald_deliver::providers::email::{Email, EmailSettings, Tls};
-use herald_deliver::providers::webhook::{Webhook, WebhookSettings};
-use herald_deliver::Provider;
+use herald_deliver::routes::Routes;
+use herald_deliver::DeliverSettings;
 use herald_kafka::settings::ProducerKind;
-use herald_model::secret::Secret;
-use herald_model::{sample, Channel, Priority};
+use herald_model::wire::ChannelMessage;
+use herald_model::{sample, Channel, DevicePlatform, Priority};
+use herald_sandbox::credentials::Credentials;
 use herald_sandbox::{Bound, Fault, Running, Sandbox, SandboxSettings};
 use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::producer::FutureRecord;
@@ -37,83 +40,55 @@ const PARTITIONS: i32 = 12;
 /// SMTP connections of the email worker and of its baseline.
 const SMTP_CONNECTIONS: usize = 64;
 
-/// A channel under test: how its messages are addressed, how the worker
-/// and the baseline reach the sandbox.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Bench {
-    Webhook,
-    Email,
-}
+/// A channel under test: how its messages are addressed, which of the
+/// sandbox's providers serve it.
+#[derive(Clone, Copy)]
+struct Bench(Channel);
 
 impl Bench {
-    fn channel(self) -> Channel {
-        match self {
-            Self::Webhook => Channel::Webhook,
-            Self::Email => Channel::Email,
+    /// The sandbox's names for the channel's providers.
+    fn providers(self) -> &'static [&'static str] {
+        match self.0 {
+            Channel::Push => &["apns", "fcm"],
+            Channel::Sms => &["twilio"],
+            Channel::Email => &["smtp"],
+            Channel::Webhook => &["webhook"],
         }
     }
 
-    /// The sandbox's name for the provider.
-    fn provider(self) -> &'static str {
-        match self {
-            Self::Webhook => "webhook",
-            Self::Email => "smtp",
-        }
+    /// Message `i` of the run: push alternates APNs and FCM tokens.
+    fn message(self, bound: &Bound, i: u64, now: i64) -> ChannelMessage {
+        let mut m = sample::channel_message(i, now);
+        m.channel = self.0;
+        m.priority = Priority::Normal;
+        m.not_before = None;
+        m.recipient.platform = None;
+        m.recipient.address = match self.0 {
+            Channel::Push => {
+                m.recipient.platform = Some(if i.is_multiple_of(2) {
+                    DevicePlatform::Apns
+                } else {
+                    DevicePlatform::Fcm
+                });
+                format!("{i:064x}")
+            }
+            Channel::Sms => format!("+1415555{:04}", i % 10_000),
+            Channel::Email => format!("user{i}@example.test"),
+            Channel::Webhook => format!("http://{}/hooks/bench", bound.http),
+        };
+        m
     }
 
-    fn address(self, bound: &Bound, i: u64) -> String {
-        match self {
-            Self::Webhook => format!("http://{}/hooks/bench", bound.http),
-            Self::Email => format!("user{i}@example.test"),
-        }
-    }
-
-    /// The worker's provider section.
-    fn config(self, bound: &Bound) -> String {
-        match self {
-            Self::Webhook => format!(
-                "[deliver.webhook]\nsecret = \"{}\"\nallow_private_networks = true\n",
-                secret()
-            ),
-            Self::Email => format!(
-                "[deliver.email]\nhost = \"{}\"\nport = {}\ntls = \"none\"\n\
-                 from = \"Herald <noreply@example.test>\"\ntimeout = \"10s\"\n\
-                 connections = {SMTP_CONNECTIONS}\n",
-                bound.smtp.ip(),
-                bound.smtp.port()
-            ),
-        }
-    }
-
-    fn adapter(self, bound: &Bound) -> Box<dyn Provider> {
-        match self {
-            Self::Webhook => Box::new(
-                Webhook::new(WebhookSettings {
-                    secret: Secret::new(secret()),
-                    allowed_hosts: Vec::new(),
-                    allow_private_networks: true,
-                    timeout: Duration::from_secs(10),
-                })
-                .unwrap(),
-            ),
-            Self::Email => Box::new(
-                Email::new(EmailSettings {
-                    host: bound.smtp.ip().to_string(),
-                    port: Some(bound.smtp.port()),
-                    tls: Tls::None,
-                    username: None,
-                    password: None,
-                    from: "Herald <noreply@example.test>".into(),
-                    list_unsubscribe: None,
-                    timeout: Duration::from_secs(10),
-                    connections: SMTP_CONNECTIONS,
-                    tracking: None,
-                })
-                .unwrap(),
-            ),
-        }
+    /// Accepted messages across the channel's providers.
+    fn accepted(self, sandbox: &Sandbox) -> u64 {
+        let counts = sandbox.counts();
+        self.providers()
+            .iter()
+            .filter_map(|p| counts.get(*p)?.get("accepted").copied())
+            .sum()
     }
 }
+
 /// Requests in flight per partition (`HERALD_BENCH_IN_FLIGHT`, default 64).
 fn in_flight() -> usize {
     std::env::var("HERALD_BENCH_IN_FLIGHT")
@@ -133,19 +108,21 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn secret() -> String {
-    herald_sandbox::webhook_secret(&[42u8; 32])
-}
-
-async fn sandbox(bench: Bench, n: u64, fault: Fault) -> (Arc<Sandbox>, Bound, Running) {
-    let running = herald_sandbox::serve(SandboxSettings {
-        webhook_secret: secret(),
+async fn sandbox(
+    keys: &Credentials,
+    bench: Bench,
+    n: u64,
+    fault: Fault,
+) -> (Arc<Sandbox>, Bound, Running) {
+    let running = herald_sandbox::serve(keys.sandbox(SandboxSettings {
         max_records: n as usize * 2,
         ..SandboxSettings::loopback()
-    })
+    }))
     .await
     .unwrap();
-    running.sandbox.set_fault(bench.provider(), fault);
+    for p in bench.providers() {
+        running.sandbox.set_fault(p, fault.clone());
+    }
     (Arc::clone(&running.sandbox), running.bound, running)
 }
 
@@ -156,10 +133,11 @@ struct Run {
     requests: u64,
 }
 
-async fn worker_run(bench: Bench, error_rate: f64, n: u64) -> Run {
+async fn worker_run(keys: &Credentials, bench: Bench, error_rate: f64, n: u64) -> Run {
     let broker = TestBroker::start(BrokerKind::Fast);
     let topology = broker.herald_topology("bench-deliver", 2, PARTITIONS).await;
     let (sandbox, bound, stop) = sandbox(
+        keys,
         bench,
         n,
         Fault {
@@ -174,7 +152,7 @@ async fn worker_run(bench: Bench, error_rate: f64, n: u64) -> Run {
         .settings()
         .producer("bench", &ProducerKind::Idempotent)
         .unwrap();
-    let topic = topology.lane(bench.channel(), Priority::Normal);
+    let topic = topology.lane(bench.0, Priority::Normal);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -182,12 +160,7 @@ async fn worker_run(bench: Bench, error_rate: f64, n: u64) -> Run {
     let codec = Codec::single_object();
     let mut acks = futures::stream::FuturesUnordered::new();
     for i in 0..n {
-        let mut m = sample::channel_message(i, now);
-        m.channel = bench.channel();
-        m.priority = Priority::Normal;
-        m.not_before = None;
-        m.recipient.address = bench.address(&bound, i);
-        m.recipient.platform = None;
+        let m = bench.message(&bound, i, now);
         let bytes = codec.encode(&topic, &m).await.unwrap();
         let key = m.user_id.clone();
         let p = producer.clone();
@@ -223,7 +196,7 @@ async fn worker_run(bench: Bench, error_rate: f64, n: u64) -> Run {
             topology.settings().prefix,
             broker.group("bench-deliver"),
             in_flight(),
-            bench.config(&bound),
+            keys.worker_toml(bench.0.as_str(), &bound),
         ),
     )
     .unwrap();
@@ -235,20 +208,24 @@ async fn worker_run(bench: Bench, error_rate: f64, n: u64) -> Run {
         .into()
     });
     let started = Instant::now();
-    let mut child = Command::new(&bin)
-        .args(["--channel", bench.channel().as_str(), "--config"])
+    let mut command = Command::new(&bin);
+    command
+        .args(["--channel", bench.0.as_str(), "--config"])
         .arg(&config)
-        .stdout(Stdio::null())
+        .stdout(Stdio::null());
+    if bench.0 == Channel::Email {
+        command.env(
+            "HERALD__DELIVER__EMAIL__CONNECTIONS",
+            SMTP_CONNECTIONS.to_string(),
+        );
+    }
+    let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("{bin}: {e} (cargo build --release -p herald-deliver)"));
     let mut rss = 0;
     loop {
         rss = rss.max(vm_hwm_kb(child.id()).unwrap_or(0));
-        let accepted = sandbox
-            .counts()
-            .get(bench.provider())
-            .and_then(|c| c.get("accepted").copied())
-            .unwrap_or(0);
+        let accepted = bench.accepted(&sandbox);
         if accepted >= n {
             break;
         }
@@ -265,10 +242,15 @@ async fn worker_run(bench: Bench, error_rate: f64, n: u64) -> Run {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    let requests: u64 = sandbox.counts()[bench.provider()].values().sum();
+    let requests: u64 = sandbox
+        .counts()
+        .iter()
+        .filter(|(p, _)| bench.providers().contains(p))
+        .flat_map(|(_, c)| c.values())
+        .sum();
     // From the first acceptance to the last: without start-up (group join,
     // ledger restore).
-    let records = sandbox.records(Some(bench.provider()), None);
+    let records = sandbox.records(None, None);
     let span = records.last().unwrap().at_ms - records.first().unwrap().at_ms;
     let steady = n as f64 / (span.max(1) as f64 / 1000.0);
     drop(stop);
@@ -281,8 +263,9 @@ async fn worker_run(bench: Bench, error_rate: f64, n: u64) -> Run {
 }
 
 /// The same sandbox and concurrency driven directly: the provider ceiling.
-async fn baseline(bench: Bench, n: u64) -> f64 {
+async fn baseline(keys: &Credentials, bench: Bench, n: u64) -> f64 {
     let (_sandbox, bound, stop) = sandbox(
+        keys,
         bench,
         n,
         Fault {
@@ -291,19 +274,22 @@ async fn baseline(bench: Bench, n: u64) -> f64 {
         },
     )
     .await;
-    let adapter = bench.adapter(&bound);
-    let messages: Vec<_> = (0..n)
-        .map(|i| {
-            let mut m = sample::channel_message(i, 0);
-            m.channel = bench.channel();
-            m.recipient.address = bench.address(&bound, i);
-            m.recipient.platform = None;
-            m
-        })
-        .collect();
+    // The worker's own adapters, from the provider sections it is given.
+    #[derive(serde::Deserialize)]
+    struct Sections {
+        deliver: DeliverSettings,
+    }
+    let mut settings = toml::from_str::<Sections>(&keys.worker_toml(bench.0.as_str(), &bound))
+        .unwrap()
+        .deliver;
+    if let Some(e) = settings.email.as_mut() {
+        e.connections = SMTP_CONNECTIONS;
+    }
+    let routes = Routes::build(bench.0, &settings).unwrap();
+    let messages: Vec<_> = (0..n).map(|i| bench.message(&bound, i, 0)).collect();
     let started = Instant::now();
     futures::stream::iter(messages.iter())
-        .map(|m| adapter.send(m))
+        .map(|m| routes.for_message(m)[0].provider.send(m))
         .buffer_unordered(PARTITIONS as usize * in_flight())
         .for_each(|r| async move {
             r.unwrap();
@@ -321,24 +307,24 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
     let channels =
-        std::env::var("HERALD_BENCH_CHANNELS").unwrap_or_else(|_| "webhook,email".into());
+        std::env::var("HERALD_BENCH_CHANNELS").unwrap_or_else(|_| "push,sms,email,webhook".into());
+    let keys = Credentials::generate().unwrap();
     for name in channels.split(',') {
-        let bench = match name.trim() {
-            "webhook" => Bench::Webhook,
-            "email" => Bench::Email,
-            other => panic!("HERALD_BENCH_CHANNELS: no bench for {other:?} (webhook, email)"),
-        };
+        let bench = Bench(Channel::parse(name.trim()).unwrap_or_else(|| {
+            panic!("HERALD_BENCH_CHANNELS: no channel {name:?} (push, sms, email, webhook)")
+        }));
         println!(
-            "\nDelivery worker: {name} channel, {PARTITIONS} partitions x {} in flight{}, \
+            "\nDelivery worker: {name} channel ({}), {PARTITIONS} partitions x {} in flight{}, \
              sandbox latency 20 ms, {n} deliveries",
+            bench.providers().join(" and "),
             in_flight(),
-            if bench == Bench::Email {
+            if bench.0 == Channel::Email {
                 format!(", {SMTP_CONNECTIONS} SMTP connections")
             } else {
                 String::new()
             }
         );
-        let base = baseline(bench, n).await;
+        let base = baseline(&keys, bench, n).await;
         println!("| run | deliveries/s (from start) | deliveries/s (first to last) | ratio to direct | peak RSS | requests |");
         println!("|---|---:|---:|---:|---:|---:|");
         println!("| direct, no Kafka (baseline) | {base:.0} | {base:.0} | 1.00 | - | {n} |");
@@ -346,7 +332,7 @@ async fn main() {
             ("worker, no errors", 0.0),
             ("worker, 10% transient errors", 0.1),
         ] {
-            let r = worker_run(bench, rate, n).await;
+            let r = worker_run(&keys, bench, rate, n).await;
             println!(
                 "| {label} | {:.0} | {:.0} | {:.2} | {:.0} MB | {} |",
                 r.rate,

@@ -21,51 +21,12 @@ use herald_model::wire::ChannelMessage;
 use herald_model::{sample, Channel, DevicePlatform, Priority};
 use herald_sandbox::{Bound, Fault, Record, Sandbox, SandboxSettings};
 use herald_telemetry::shutdown::Shutdown;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::nid::Nid;
-use openssl::pkey::PKey;
-use openssl::rsa::Rsa;
 
-struct Keys {
-    apns_private: String,
-    apns_public: String,
-    fcm_private: String,
-    fcm_public: String,
-    twilio_token: String,
-    webhook_secret: String,
-}
+use herald_sandbox::credentials::{
+    Credentials as Keys, APNS_KEY_ID as KEY_ID, APNS_TEAM as TEAM, FCM_CLIENT as CLIENT,
+    FCM_PROJECT as PROJECT, TWILIO_SID as SID,
+};
 
-fn keys() -> Keys {
-    let ec = EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
-    let ec = PKey::from_ec_key(ec).unwrap();
-    let rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-    let random = |n: usize| {
-        let mut b = vec![0u8; n];
-        openssl::rand::rand_bytes(&mut b).unwrap();
-        b
-    };
-    Keys {
-        apns_private: String::from_utf8(ec.private_key_to_pem_pkcs8().unwrap()).unwrap(),
-        apns_public: String::from_utf8(ec.public_key_to_pem().unwrap()).unwrap(),
-        fcm_private: String::from_utf8(rsa.private_key_to_pem_pkcs8().unwrap()).unwrap(),
-        fcm_public: String::from_utf8(rsa.public_key_to_pem().unwrap()).unwrap(),
-        twilio_token: hex(&random(16)),
-        webhook_secret: format!(
-            "whsec_{}",
-            base64::engine::general_purpose::STANDARD.encode(random(32))
-        ),
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-const TEAM: &str = "TEAM123456";
-const KEY_ID: &str = "KEY1234567";
-const PROJECT: &str = "herald-test";
-const CLIENT: &str = "herald@herald-test.iam.gserviceaccount.com";
-const SID: &str = "AC00000000000000000000000000000001";
 const TRACKING_KEY: &str = "tracking-key-for-this-test";
 
 struct Env {
@@ -76,21 +37,12 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let keys = keys();
-    let mut settings = SandboxSettings {
+    let keys = Keys::generate().unwrap();
+    let settings = keys.sandbox(SandboxSettings {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         smtp_listen: "127.0.0.1:0".parse().unwrap(),
-        webhook_secret: keys.webhook_secret.clone(),
         ..SandboxSettings::default()
-    };
-    settings.apns.team_id = TEAM.into();
-    settings.apns.key_id = KEY_ID.into();
-    settings.apns.public_key_pem = keys.apns_public.clone();
-    settings.fcm.project_id = PROJECT.into();
-    settings.fcm.client_email = CLIENT.into();
-    settings.fcm.public_key_pem = keys.fcm_public.clone();
-    settings.twilio.account_sid = SID.into();
-    settings.twilio.auth_token = keys.twilio_token.clone();
+    });
     let sandbox = Sandbox::new(settings);
     let shutdown = Shutdown::new();
     let (bound, _tasks) = herald_sandbox::start(sandbox.clone(), shutdown.clone())
@@ -115,7 +67,7 @@ impl Env {
             team_id: TEAM.into(),
             key_id: KEY_ID.into(),
             key_path: None,
-            key_pem: Some(Secret::new(self.keys.apns_private.clone())),
+            key_pem: Some(Secret::new(self.keys.apns_private_pem.clone())),
             topic: "com.example.app".into(),
             token_refresh: Duration::from_secs(3000),
             timeout: Duration::from_secs(5),
@@ -129,7 +81,7 @@ impl Env {
             service_account_file: None,
             project_id: Some(PROJECT.into()),
             client_email: Some(CLIENT.into()),
-            private_key: Some(Secret::new(self.keys.fcm_private.clone())),
+            private_key: Some(Secret::new(self.keys.fcm_private_pem.clone())),
             token_uri: Some(format!("{}/token", self.http())),
             timeout: Duration::from_secs(5),
         })
@@ -282,7 +234,7 @@ async fn apns_failures_are_classified() {
         team_id: TEAM.into(),
         key_id: "OTHERKEY00".into(),
         key_path: None,
-        key_pem: Some(Secret::new(env.keys.apns_private.clone())),
+        key_pem: Some(Secret::new(env.keys.apns_private_pem.clone())),
         topic: "com.example.app".into(),
         token_refresh: Duration::from_secs(3000),
         timeout: Duration::from_secs(5),
@@ -297,7 +249,7 @@ async fn apns_failures_are_classified() {
         ("InvalidProviderToken", Some(403))
     );
     wrong.key_id = KEY_ID.into();
-    wrong.key_pem = Some(Secret::new(keys().apns_private));
+    wrong.key_pem = Some(Secret::new(Keys::generate().unwrap().apns_private_pem));
     let e = Apns::new(wrong)
         .unwrap()
         .send(&message(6, Channel::Push, DEVICE))
@@ -371,7 +323,7 @@ async fn apns_failures_are_classified() {
         team_id: TEAM.into(),
         key_id: KEY_ID.into(),
         key_path: None,
-        key_pem: Some(Secret::new(env.keys.apns_private.clone())),
+        key_pem: Some(Secret::new(env.keys.apns_private_pem.clone())),
         topic: "com.example.app".into(),
         token_refresh: Duration::from_secs(3000),
         timeout: Duration::from_millis(300),
@@ -397,7 +349,7 @@ async fn fcm_exchanges_a_service_account_jwt_and_sends() {
     let r = env.only("fcm", &m.notification_id);
     assert!(accepted
         .provider_message_id
-        .starts_with("projects/herald-test/messages/"));
+        .starts_with(&format!("projects/{PROJECT}/messages/")));
     let msg = &r.request["message"];
     assert_eq!(msg["token"], "fcm-token-10");
     assert_eq!(msg["notification"]["title"], "Your receipt");
@@ -461,7 +413,7 @@ async fn fcm_refuses_an_assertion_signed_with_another_key() {
         service_account_file: None,
         project_id: Some(PROJECT.into()),
         client_email: Some(CLIENT.into()),
-        private_key: Some(Secret::new(keys().fcm_private)),
+        private_key: Some(Secret::new(Keys::generate().unwrap().fcm_private_pem)),
         token_uri: Some(format!("{}/token", env.http())),
         timeout: Duration::from_secs(5),
     })

@@ -18,6 +18,7 @@
 //! - `GET /healthz`, `GET /readyz` (for probes)
 
 pub mod apns;
+pub mod credentials;
 pub mod faults;
 pub mod fcm;
 pub mod smtp;
@@ -549,6 +550,11 @@ fn provider_of(path: &str) -> Option<&'static str> {
 
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener`; a request
 /// whose provider's fault says reset ends its connection without an answer.
+/// Concurrent HTTP/2 streams per connection, as APNs allows a new
+/// connection (observed in its SETTINGS frames; it lowers this to 1 after a
+/// rejected notification, which the sandbox does not do).
+pub const APNS_MAX_STREAMS: u32 = 500;
+
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -582,7 +588,10 @@ async fn serve_http(
                             .unwrap_or_else(|e| match e {}))
                     }
                 });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // What APNs advertises in its SETTINGS frame (hyper's default
+            // is 200).
+            builder.http2().max_concurrent_streams(APNS_MAX_STREAMS);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
