@@ -1,15 +1,18 @@
 //! The whole pipeline under faults, run the way an operator runs it: a
-//! durable broker of the test's own (nisshi on sqlite), `herald-router` and
-//! `herald-deliver` for email and for webhooks each as its own process, the
-//! provider sandbox, and traffic from a Python `confluent-kafka` producer
-//! (every tenth event sent twice, one record in a hundred garbage).
+//! durable broker of the test's own (nisshi on sqlite), `herald-router`, a
+//! `herald-deliver` per channel (push to APNs and FCM, SMS, email, webhook)
+//! and `herald-scaler`, each as its own process, the provider sandbox, and
+//! traffic from a Python `confluent-kafka` producer (every event for two
+//! channels, every tenth sent twice, one record in a hundred garbage).
 //!
 //! While the traffic flows: the router is SIGKILLed and restarted, then the
-//! email worker, the webhook provider has a 5 s outage, the broker is
-//! killed and restarted on the same storage, the webhook worker is
-//! SIGKILLed, and the SMTP relay throttles (429, answered as 451). The
-//! verdict, from the sandbox's records and the status and dead-letter
-//! topics:
+//! email worker; APNs turns slow (1.5 s a request); the webhook provider
+//! has a 5 s outage while FCM answers 30% of requests with 500; the SMS
+//! worker is SIGKILLed; the broker is killed and restarted on the same
+//! storage; the scaler and the push worker are SIGKILLed; Twilio answers
+//! 30% of requests with 503; the webhook worker is SIGKILLed; the SMTP
+//! relay throttles (429, answered as 451). The verdict, from the sandbox's records and the status and
+//! dead-letter topics:
 //!
 //! - nothing lost: every notification of every unique event reached its
 //!   provider, or has a `failed` or `dead_lettered` status;
@@ -19,7 +22,8 @@
 //!   kill; nothing else reaches a provider twice;
 //! - every duplicate input got a `duplicate` status, every garbage record
 //!   is in the router's dead-letter topic with its bytes, and nothing but
-//!   the events' notifications reached a provider.
+//!   the events' notifications reached a provider;
+//! - the scaler, restarted, serves the router group's signal again.
 //!
 //! Size: `HERALD_CHAOS_EVENTS` (default 2000) at `HERALD_CHAOS_RATE`
 //! events/s (default 80); `make chaos` runs a longer version. Bounded: the
@@ -35,6 +39,7 @@ use herald_kafka::Topology;
 use herald_model::ids::{DedupKey, NotificationId};
 use herald_model::wire::DeliveryStatus;
 use herald_model::{Channel, StatusKind};
+use herald_sandbox::credentials::Credentials;
 use herald_sandbox::{Fault, SandboxSettings};
 use herald_testkit::measure::{env_or, now_ms};
 use herald_testkit::{RestartableBroker, TestBroker};
@@ -162,23 +167,11 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         .herald_topology("chaos", PARTITIONS, PARTITIONS)
         .await;
     let prefix = topology.settings().prefix.clone();
-    // A webhook key of this run's own (std's hasher seeds are random).
-    let secret = herald_sandbox::webhook_secret(&{
-        use std::hash::{BuildHasher, Hasher};
-        let mut k = [0u8; 32];
-        for chunk in k.chunks_mut(8) {
-            let word = std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish();
-            chunk.copy_from_slice(&word.to_le_bytes());
-        }
-        k
-    });
-    let sandbox = herald_sandbox::serve(SandboxSettings {
-        webhook_secret: secret.clone(),
+    let keys = Credentials::generate().unwrap();
+    let sandbox = herald_sandbox::serve(keys.sandbox(SandboxSettings {
         max_records: 1_000_000,
         ..SandboxSettings::loopback()
-    })
+    }))
     .await
     .unwrap();
     let webhook_url = format!("http://{}/hooks/chaos", sandbox.bound.http);
@@ -202,41 +195,53 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         "{common}[deliver]\ngroup = \"{{group}}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\
          [deliver.retry]\nbase_delay = \"200ms\"\nmax_delay = \"2s\"\nmax_attempts = 30\njitter = 0.2\n"
     );
-    let email_toml = write(
-        dir.path(),
-        "email.toml",
-        &format!(
-            "{}[deliver.email]\nhost = \"{}\"\nport = {}\ntls = \"none\"\n\
-             from = \"Herald <noreply@example.test>\"\ntimeout = \"5s\"\n",
-            deliver.replace("{group}", &broker.group("chaos-email")),
-            sandbox.bound.smtp.ip(),
-            sandbox.bound.smtp.port()
-        ),
-    );
-    let webhook_toml = write(
-        dir.path(),
-        "webhook.toml",
-        &format!(
-            "{}[deliver.webhook]\nsecret = \"{secret}\"\nallow_private_networks = true\ntimeout = \"5s\"\n",
-            deliver.replace("{group}", &broker.group("chaos-webhook"))
-        ),
-    );
     let stage = |name, bin: &str, args: &[&str]| {
         let mut command = vec![binary(bin).display().to_string()];
         command.extend(args.iter().map(|a| a.to_string()));
         Stage::new(name, dir.path(), command)
     };
     let mut router = stage("router", "herald-router", &["--config", &router_toml]);
-    let mut email = stage(
-        "email",
-        "herald-deliver",
-        &["--channel", "email", "--config", &email_toml],
+    let mut workers: BTreeMap<Channel, Stage> = Channel::ALL
+        .iter()
+        .map(|&channel| {
+            let name = channel.as_str();
+            let config = write(
+                dir.path(),
+                &format!("{name}.toml"),
+                &format!(
+                    "{}{}",
+                    deliver.replace("{group}", &broker.group(&format!("chaos-{name}"))),
+                    keys.worker_toml(name, &sandbox.bound)
+                ),
+            );
+            let worker = stage(
+                name,
+                "herald-deliver",
+                &["--channel", name, "--config", &config],
+            );
+            (channel, worker)
+        })
+        .collect();
+    // The scaler watches the router's group, its signal served on a port
+    // of the test's choosing.
+    let scaler_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let router_group = broker.group("chaos-router");
+    let scaler_toml = write(
+        dir.path(),
+        "scaler.toml",
+        &format!(
+            "[kafka]\nbootstrap = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{scaler_port}\"\n\
+             [scaler]\npoll_interval = \"1s\"\n\
+             [[scaler.groups]]\ngroup = \"{router_group}\"\ntopics = [\"{}\"]\n",
+            broker.bootstrap(),
+            topology.notifications()
+        ),
     );
-    let mut webhook = stage(
-        "webhook",
-        "herald-deliver",
-        &["--channel", "webhook", "--config", &webhook_toml],
-    );
+    let mut scaler = stage("scaler", "herald-scaler", &["--config", &scaler_toml]);
 
     let python = std::env::var("HERALD_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut producer = Command::new(python)
@@ -261,39 +266,76 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
     let until = |t: Instant| tokio::time::sleep_until(t.into());
     let mut kills: Vec<(Channel, i64)> = Vec::new();
 
-    until(at(0.15)).await;
+    let mut kill = |channel: Channel, workers: &mut BTreeMap<Channel, Stage>| {
+        let w = workers.get_mut(&channel).unwrap();
+        kills.push((channel, w.kill()));
+        w.start();
+    };
+    // Provider faults run beside the kills, each for its share of the
+    // traffic and then until the provider has answered with it (a worker
+    // may be rejoining its group during the window).
+    let end = at(1.0);
+    let window = |provider, fault, answer, from, to| {
+        tokio::spawn(fault_window(
+            sandbox.sandbox.clone(),
+            provider,
+            fault,
+            answer,
+            at(from),
+            at(to),
+            end,
+        ))
+    };
+    let errors = |rate, status| Fault {
+        error_rate: rate,
+        error_status: Some(status),
+        ..Fault::default()
+    };
+    let windows = [
+        window(
+            "apns",
+            Fault {
+                latency_ms: 1500,
+                ..Fault::default()
+            },
+            None,
+            0.25,
+            0.4,
+        ),
+        window(
+            "webhook",
+            Fault {
+                outage_s: Some(5),
+                ..Fault::default()
+            },
+            Some("503 injected"),
+            0.3,
+            0.5,
+        ),
+        window("fcm", errors(0.3, 500), Some("500 injected"), 0.3, 0.4),
+        window("twilio", errors(0.3, 503), Some("503 injected"), 0.65, 0.8),
+        window("smtp", errors(0.3, 429), Some("451 injected"), 0.8, 0.9),
+    ];
+    until(at(0.1)).await;
     router.kill();
     router.start();
-    until(at(0.3)).await;
-    kills.push((Channel::Email, email.kill()));
-    email.start();
+    until(at(0.2)).await;
+    kill(Channel::Email, &mut workers);
     until(at(0.4)).await;
-    sandbox.sandbox.set_fault(
-        "webhook",
-        Fault {
-            outage_s: Some(5),
-            ..Fault::default()
-        },
-    );
-    until(at(0.55)).await;
+    kill(Channel::Sms, &mut workers);
+    until(at(0.5)).await;
     nisshi.stop("KILL");
     tokio::time::sleep(Duration::from_secs(3)).await;
     nisshi.restart();
+    until(at(0.6)).await;
+    scaler.kill();
+    scaler.start();
+    kill(Channel::Push, &mut workers);
     until(at(0.7)).await;
-    kills.push((Channel::Webhook, webhook.kill()));
-    webhook.start();
-    until(at(0.8)).await;
-    sandbox.sandbox.set_fault(
-        "smtp",
-        Fault {
-            error_rate: 0.3,
-            error_status: Some(429),
-            ..Fault::default()
-        },
-    );
-    until(at(0.9)).await;
-    sandbox.sandbox.clear_fault("smtp");
-    sandbox.sandbox.clear_fault("webhook");
+    kill(Channel::Webhook, &mut workers);
+    for w in windows {
+        w.await.unwrap();
+    }
 
     // The traffic ends; then every notification is waited for.
     let deadline = Instant::now() + traffic + Duration::from_secs(120);
@@ -320,19 +362,29 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
     let duplicates = manifest["duplicates"].as_u64().unwrap();
     let garbage = manifest["garbage"].as_u64().unwrap();
 
-    // What should arrive: two notifications per unique event.
+    // What should arrive: two notifications per unique event, by the
+    // producer's rules (even events: email and push; odd: SMS and webhook).
     let mut expected: BTreeMap<String, (Channel, u64)> = BTreeMap::new();
     for n in 0..count {
         let key = DedupKey::new("chaos-team", "order_update", &format!("chaos-{n}"));
-        let email_to = format!("user{}@example.test", n % 50);
-        expected.insert(
-            NotificationId::new(key, Channel::Email, &email_to).to_string(),
-            (Channel::Email, n),
-        );
-        expected.insert(
-            NotificationId::new(key, Channel::Webhook, &webhook_url).to_string(),
-            (Channel::Webhook, n),
-        );
+        let u = n % 50;
+        let to = if n % 2 == 0 {
+            [
+                (Channel::Email, format!("user{u}@example.test")),
+                (Channel::Push, format!("{u:064x}")),
+            ]
+        } else {
+            [
+                (Channel::Sms, format!("+1415555{u:04}")),
+                (Channel::Webhook, webhook_url.clone()),
+            ]
+        };
+        for (channel, address) in to {
+            expected.insert(
+                NotificationId::new(key, channel, &address).to_string(),
+                (channel, n),
+            );
+        }
     }
     let final_deadline = Instant::now() + Duration::from_secs(150);
     let (sends, statuses) = loop {
@@ -345,14 +397,17 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let stages_alive = [router.running(), email.running(), webhook.running()];
+    let stages_alive: Vec<(&str, bool)> = std::iter::once(&mut router)
+        .chain(workers.values_mut())
+        .chain(std::iter::once(&mut scaler))
+        .map(|s| (s.name, s.running()))
+        .collect();
     let logs = || {
-        format!(
-            "\n--- router ---\n{}\n--- email ---\n{}\n--- webhook ---\n{}",
-            router.tail(),
-            email.tail(),
-            webhook.tail()
-        )
+        std::iter::once(&router)
+            .chain(workers.values())
+            .chain(std::iter::once(&scaler))
+            .map(|s| format!("\n--- {} ---\n{}", s.name, s.tail()))
+            .collect::<String>()
     };
 
     // Nothing lost.
@@ -374,6 +429,23 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         failed.len()
     );
     assert!(lost.is_empty(), "lost: {} {lost:?}{}", lost.len(), logs());
+
+    // The injected faults happened (a run without them would prove nothing).
+    let counts = sandbox.sandbox.counts();
+    println!("chaos: sandbox answers {counts:?}");
+    for (provider, answer) in [
+        ("twilio", "503 injected"),
+        ("fcm", "500 injected"),
+        ("smtp", "451 injected"),
+        ("webhook", "503 injected"),
+    ] {
+        let n = counts
+            .get(provider)
+            .and_then(|c| c.get(answer))
+            .copied()
+            .unwrap_or(0);
+        assert!(n > 0, "{provider} never answered {answer:?}: {counts:?}");
+    }
 
     // Only the events' notifications reached a provider.
     let strangers: Vec<_> = sends
@@ -445,7 +517,48 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         garbage,
         "garbage records in the dead-letter topic"
     );
+    // The scaler, killed and restarted mid-run, serves the router group's
+    // signal again.
+    let signal: serde_json::Value = reqwest::get(format!(
+        "http://127.0.0.1:{scaler_port}/scale/{router_group}"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("the scaler does not answer: {e}{}", logs()))
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(signal["partitions"], PARTITIONS, "{signal}");
+    let desired = signal["desiredReplicas"].as_u64().unwrap();
+    assert!((1..=PARTITIONS as u64).contains(&desired), "{signal}");
     drop(nisshi);
+}
+
+/// `fault` on `provider` from `from` to `to`, and past `to` until the
+/// provider has answered `answer` at least 3 times, or `end`.
+async fn fault_window(
+    sandbox: std::sync::Arc<herald_sandbox::Sandbox>,
+    provider: &'static str,
+    fault: Fault,
+    answer: Option<&'static str>,
+    from: Instant,
+    to: Instant,
+    end: Instant,
+) {
+    let answered = |s: &herald_sandbox::Sandbox| {
+        answer.is_none_or(|a| {
+            s.counts()
+                .get(provider)
+                .and_then(|c| c.get(a))
+                .is_some_and(|n| *n >= 3)
+        })
+    };
+    tokio::time::sleep_until(from.into()).await;
+    sandbox.set_fault(provider, fault);
+    tokio::time::sleep_until(to.into()).await;
+    while !answered(&sandbox) && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sandbox.clear_fault(provider);
 }
 
 fn sends(sandbox: &herald_sandbox::Sandbox) -> BTreeMap<String, Vec<i64>> {

@@ -2,9 +2,13 @@
 
 confluent-kafka and fastavro, nothing of Herald's; single-object framing,
 keyed by user id with the Java client's partitioner (murmur2_random), as the
-producer contract says. COUNT unique events at RATE per second, each for
-email and a webhook; every tenth event is sent a second time (a duplicate:
-same idempotency key); one record in a hundred is garbage (not Avro).
+producer contract says. COUNT unique events at RATE per second, each for two
+channels: even events for email and push (the user's one device, APNs for
+every fourth user, FCM otherwise), odd ones for SMS and a webhook; every
+tenth event is sent a second time (a duplicate: same idempotency key); one
+record in a hundred is garbage (not Avro). The test
+(`tests/e2e/chaos.rs`) computes the expected notifications by the same
+rules.
 Prints a JSON manifest of what it produced on its last line.
 
 usage: chaos_producer.py BOOTSTRAP TOPIC SCHEMA_FILE COUNT RATE WEBHOOK_URL
@@ -21,25 +25,30 @@ from confluent_kafka import Producer
 from produce_notification import crc64_avro
 
 
+def channels(n: int) -> list:
+    return ["EMAIL", "PUSH"] if n % 2 == 0 else ["SMS", "WEBHOOK"]
+
+
 def event(n: int, webhook_url: str) -> dict:
+    u = n % 50
     return {
         "idempotency_key": f"chaos-{n}",
         "tenant": "chaos-team",
-        "user_id": f"user-{n % 50}",
+        "user_id": f"user-{u}",
         "category": "order_update",
         "priority": ["URGENT", "NORMAL", "BULK"][n % 3],
-        "channels": ["EMAIL", "WEBHOOK"],
+        "channels": channels(n),
         "content": {
-            "push": None,
-            "sms": None,
+            "push": {"title": f"Order {n}", "body": f"Order {n} shipped", "data": {"order": str(n)}},
+            "sms": {"body": f"Order {n} shipped"},
             "email": {"subject": f"Order {n}", "text": f"Order {n} shipped", "html": None},
             "webhook": {"event_type": "order.shipped", "payload_json": json.dumps({"order": n})},
         },
         "template": None,
         "recipients": {
-            "devices": [],
-            "phone": None,
-            "email": f"user{n % 50}@example.test",
+            "devices": [{"token": f"{u:064x}", "platform": "APNS" if u % 4 == 0 else "FCM"}],
+            "phone": f"+1415555{u:04d}",
+            "email": f"user{u}@example.test",
             "webhook_url": webhook_url,
         },
         "created_at": int(time.time() * 1000),

@@ -86,7 +86,7 @@ pub async fn start(
                     auth_token: Secret::new(keys.twilio_token.clone()),
                     from: Some(creds::TWILIO_FROM.into()),
                     messaging_service_sid: None,
-                    status_callback: None,
+                    status_callback: Some(creds::twilio_status_callback(&bound)),
                     timeout: Duration::from_secs(10),
                 });
             }

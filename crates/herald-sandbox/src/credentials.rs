@@ -109,11 +109,13 @@ impl Credentials {
                 s(&format!("{http}/token")),
             ),
             "sms" => format!(
-                "[deliver.twilio]\nbase_url = {}\naccount_sid = {}\nauth_token = {}\nfrom = {}\n",
+                "[deliver.twilio]\nbase_url = {}\naccount_sid = {}\nauth_token = {}\nfrom = {}\n\
+                 status_callback = {}\n",
                 s(&http),
                 s(TWILIO_SID),
                 s(&self.twilio_token),
                 s(TWILIO_FROM),
+                s(&twilio_status_callback(bound)),
             ),
             "email" => format!(
                 "[deliver.email]\nhost = {}\nport = {}\ntls = \"none\"\nfrom = \"Herald <noreply@example.test>\"\n",
@@ -127,6 +129,14 @@ impl Credentials {
             ),
         }
     }
+}
+
+/// Where Twilio's status callbacks go: the sandbox itself until Herald has
+/// a tracker. The worker adds the notification id to this URL, which is how
+/// the sandbox knows which notification an SMS is (Twilio's API has no
+/// other field for it).
+pub fn twilio_status_callback(bound: &Bound) -> String {
+    format!("http://{}/twilio/status", bound.http)
 }
 
 fn random(n: usize) -> anyhow::Result<Vec<u8>> {
