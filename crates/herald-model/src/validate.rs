@@ -69,7 +69,7 @@ impl NotificationRequested {
     pub fn has_recipient(&self, channel: Channel) -> bool {
         let r = &self.recipients;
         match channel {
-            Channel::Push => !r.devices.is_empty(),
+            Channel::Push => r.devices.iter().any(|d| !d.token.is_empty()),
             Channel::Sms => r.phone.as_deref().is_some_and(|s| !s.is_empty()),
             Channel::Email => r.email.as_deref().is_some_and(|s| !s.is_empty()),
             Channel::Webhook => r.webhook_url.as_deref().is_some_and(|s| !s.is_empty()),
@@ -196,6 +196,24 @@ mod tests {
         assert_eq!(
             with_payload("not json", vec![Channel::Sms]).validate(),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_device_with_an_empty_token_is_no_recipient() {
+        use crate::kinds::DevicePlatform;
+        use crate::wire::Device;
+        let mut e = event();
+        e.channels = vec![Channel::Push];
+        e.recipients.devices = vec![Device {
+            token: String::new(),
+            platform: DevicePlatform::Apns,
+        }];
+        assert_eq!(
+            e.validate(),
+            Err(InvalidEvent::NoRecipient {
+                channel: Channel::Push
+            })
         );
     }
 

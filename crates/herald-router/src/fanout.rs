@@ -51,14 +51,18 @@ pub fn recipients(event: &NotificationRequested, channel: Channel) -> Vec<Recipi
             .collect()
     };
     match channel {
-        Channel::Push => r
-            .devices
-            .iter()
-            .map(|d| Recipient {
-                address: d.token.clone(),
-                platform: Some(d.platform),
-            })
-            .collect(),
+        // Each device once; an empty token is no device.
+        Channel::Push => {
+            let mut seen = std::collections::HashSet::new();
+            r.devices
+                .iter()
+                .filter(|d| !d.token.is_empty() && seen.insert(d.token.as_str()))
+                .map(|d| Recipient {
+                    address: d.token.clone(),
+                    platform: Some(d.platform),
+                })
+                .collect()
+        }
         Channel::Sms => one(&r.phone),
         Channel::Email => one(&r.email),
         Channel::Webhook => one(&r.webhook_url),
