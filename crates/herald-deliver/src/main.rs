@@ -41,7 +41,7 @@ async fn start(args: Args) -> Result<ExitCode, ExitCode> {
         })?;
     herald_telemetry::init_tracing(&config.log);
     let mut supervisor = Supervisor::new("deliver", args.drain);
-    let admin = AdminState::new("deliver");
+    let admin = AdminState::new("deliver").with_stall_after(config.admin.stall_after);
     supervisor
         .serve_admin(
             config

@@ -122,6 +122,9 @@ struct Shared {
     /// Topic names, formatted once.
     ledger_topic: String,
     status_topic: String,
+    /// Readiness, and the clock `/healthz` reads: a send and its effects
+    /// are one unit of work.
+    admin: AdminState,
 }
 
 impl Shared {
@@ -490,6 +493,8 @@ impl Shared {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        // From here the send and its effects: watched by `/healthz`.
+        let _busy = self.admin.busy();
         let gauge = Metrics::global()
             .deliver_in_flight
             .with_label_values(&[self.ch()]);
@@ -854,6 +859,7 @@ pub async fn run(
         failed: Shutdown::new(),
         ledger_topic,
         status_topic,
+        admin: admin.clone(),
     });
     tracing::info!(%channel, %group, "Delivery worker started.");
     admin.set_ready(true);

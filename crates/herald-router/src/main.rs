@@ -28,7 +28,7 @@ async fn start(args: Args) -> Result<ExitCode, ExitCode> {
     let config: RouterConfig = load_stage_config("router", args.config, |_| Ok(()))?;
     herald_telemetry::init_tracing(&config.log);
     let mut supervisor = Supervisor::new("router", args.drain);
-    let admin = AdminState::new("router");
+    let admin = AdminState::new("router").with_stall_after(config.admin.stall_after);
     supervisor
         .serve_admin(config.admin.listen_for("router"), admin.router())
         .await?;

@@ -28,6 +28,7 @@ use anyhow::Context;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use herald_kafka::produce::{acked, send, Out};
+use herald_telemetry::liveness::Busy;
 use herald_telemetry::{AdminState, Shutdown};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -50,6 +51,8 @@ pub const RESTORE_HIGH: usize = 2048;
 /// What the tasks share.
 pub(crate) struct Shared {
     pub config: RouterConfig,
+    /// Readiness, and the clock `/healthz` reads.
+    pub admin: AdminState,
     pub router: Arc<Router>,
     pub consumer: Arc<StreamConsumer<RouterContext>>,
     pub producer: FutureProducer,
@@ -161,6 +164,9 @@ struct Batch {
     last: i64,
     sent: Vec<Sent>,
     permits: Vec<OwnedSemaphorePermit>,
+    /// From routing the first record to the last acknowledgement: one
+    /// unit of work for `/healthz`.
+    busy: Option<Busy>,
 }
 
 impl Batch {
@@ -181,10 +187,12 @@ impl Batch {
             last,
             sent,
             permits,
+            busy,
             ..
         } = self;
         Some(Box::pin(async move {
             let _permits = permits;
+            let _busy = busy;
             for f in sent {
                 if let Err(e) = acked(f).await {
                     return (last, Err(e));
@@ -243,7 +251,10 @@ impl LaneTask<'_> {
                     let Some(work) = work else { break Ok(()) };
                     // Whatever else is queued, and may be sent, goes with
                     // it: one acknowledgement and one stored offset per batch.
-                    let mut batch = Batch::default();
+                    let mut batch = Batch {
+                        busy: Some(s.admin.busy()),
+                        ..Batch::default()
+                    };
                     let mut next = Some(work);
                     let mut failed = None;
                     while let Some(work) = next.take() {

@@ -580,6 +580,7 @@ pub async fn run_with_clock(
                     failed: Shutdown::new(),
                     why: Mutex::default(),
                     config: config.clone(),
+                    admin: admin.clone(),
                 });
                 partitioned::route(shared, shutdown.clone(), &admin).await
             }
@@ -686,6 +687,8 @@ impl TransactionalLoop<'_> {
                         self.prefs_follower.incremental_assign(&tpl).context("following preferences")?;
                     }
                     let Some(st) = states.get_mut(&partition) else { continue };
+                    // Routing, sending and a commit it fills: watched by `/healthz`.
+                    let _busy = admin.busy();
                     let marker = lock(txn).begin()?;
                     let input = Input {
                         topic: msg.topic(),
@@ -719,6 +722,7 @@ impl TransactionalLoop<'_> {
                 t.open && t.began.elapsed() >= txn_interval
             };
             if due {
+                let _busy = admin.busy();
                 commit_txn(consumer, txn).await?;
             }
             if last_evict.elapsed() >= config.router.evict_interval {

@@ -90,7 +90,7 @@ async fn the_router_rides_out_a_broker_restart_and_routes_what_comes_after() {
     let settings = topology.settings().clone();
     let group = broker.group("restart-router");
     // Ended by pid if an assertion below fails, so no router outlives the test.
-    let mut router = common::Reaped(spawn_router(
+    let mut router = herald_testkit::Reaped(spawn_router(
         &broker,
         &settings,
         &group,

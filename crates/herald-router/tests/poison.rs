@@ -54,7 +54,7 @@ async fn oversized_events_and_outputs_are_dead_lettered_and_the_router_goes_on()
         "[big]\ndefault_locale = \"en\"\n[big.locales.en]\nbody = \"{{ v }}{{ v }}{{ v }}{{ v }}\"\n",
     )
     .unwrap();
-    let mut router = common::Reaped(common::spawn_router(
+    let mut router = herald_testkit::Reaped(common::spawn_router(
         &broker,
         topology.settings(),
         &broker.group("poison-router"),

@@ -1,4 +1,8 @@
 //! The admin HTTP server every binary runs: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! `/healthz` answers 503 when a unit of work has been running longer than
+//! `admin.stall_after` ([`crate::liveness`]); `/readyz` follows the stage's
+//! own readiness (restoring, draining).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +15,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::events::{Emit, ReadinessChanged};
+use crate::liveness::{Busy, WorkClock, DEFAULT_STALL_AFTER};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -19,6 +24,7 @@ use crate::shutdown::Shutdown;
 pub struct AdminState {
     stage: &'static str,
     ready: Arc<AtomicBool>,
+    work: WorkClock,
 }
 
 impl AdminState {
@@ -27,7 +33,21 @@ impl AdminState {
         Self {
             stage,
             ready: Arc::new(AtomicBool::new(false)),
+            work: WorkClock::default(),
         }
+    }
+
+    /// With `admin.stall_after` as the limit on a unit of work.
+    #[must_use]
+    pub fn with_stall_after(mut self, stall_after: std::time::Duration) -> Self {
+        self.work = WorkClock::new(stall_after);
+        self
+    }
+
+    /// Starts a unit of work that `/healthz` watches (see
+    /// [`crate::liveness`]); it ends when the guard is dropped.
+    pub fn busy(&self) -> Busy {
+        self.work.busy()
     }
 
     /// Marks the stage ready (serving) or not (starting, restoring, draining).
@@ -50,17 +70,36 @@ impl AdminState {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(self.clone())
     }
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    Metrics::global()
+        .oldest_work_seconds
+        .with_label_values(&[state.stage])
+        .set(state.work.oldest().unwrap_or_default().as_secs_f64());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         Metrics::global().render(),
     )
+}
+
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.work.stalled() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(age) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stalled: a unit of work started {} s ago has not finished \
+                 (admin.stall_after is {} s)\n",
+                age.as_secs(),
+                state.work.stall_after().as_secs()
+            ),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
@@ -104,6 +143,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
+    use std::time::Duration;
     use tower::ServiceExt;
 
     async fn get(app: &Router, path: &str) -> (StatusCode, String) {
@@ -134,6 +174,27 @@ mod tests {
         assert_eq!(get(&app, "/nope").await.0, StatusCode::NOT_FOUND);
     }
 
+    #[tokio::test]
+    async fn work_that_outlives_stall_after_makes_the_stage_unhealthy() {
+        let state = AdminState::new("stall-test").with_stall_after(Duration::from_millis(50));
+        let app = state.router();
+        let busy = state.busy();
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let (status, body) = get(&app, "/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("stalled:"), "{body}");
+        let (_, metrics) = get(&app, "/metrics").await;
+        let age = metrics
+            .lines()
+            .find(|l| l.starts_with("herald_oldest_work_seconds{stage=\"stall-test\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap();
+        assert!(age >= 0.08, "{age}");
+        drop(busy);
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+    }
+
     #[test]
     fn every_stage_has_its_own_admin_port_unless_one_is_set() {
         let unset = AdminSettings::default();
@@ -155,18 +216,33 @@ mod tests {
         assert_eq!(distinct.len(), ADMIN_PORTS.len());
         let set = AdminSettings {
             listen: Some(SocketAddr::from(([0, 0, 0, 0], 9600))),
+            ..AdminSettings::default()
         };
         assert_eq!(set.listen_for("router").port(), 9600);
     }
 }
 
 /// The `[admin]` section: where `/metrics`, `/healthz` and `/readyz` listen.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     /// Listen address; port 0 picks a free port. Unset: loopback on the
     /// stage's own port ([`ADMIN_PORTS`]).
     pub listen: Option<SocketAddr>,
+    /// A unit of work running longer than this makes `/healthz` answer
+    /// 503 ([`crate::liveness`]; default 6 min, above the 5 min a produce
+    /// may wait for the broker).
+    #[serde(with = "humantime_serde")]
+    pub stall_after: std::time::Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            stall_after: DEFAULT_STALL_AFTER,
+        }
+    }
 }
 
 /// Each stage's default admin port, so a router, the four delivery workers

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod events;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;

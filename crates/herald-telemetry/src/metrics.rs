@@ -17,6 +17,9 @@ pub mod names {
     pub const BUILD_INFO: &str = "herald_build_info";
     /// 1 when the stage is ready to serve. Labels: stage.
     pub const READY: &str = "herald_ready";
+    /// Age of the oldest unit of work in progress, seconds (0 when idle);
+    /// `/healthz` fails past `admin.stall_after`. Labels: stage.
+    pub const OLDEST_WORK_SECONDS: &str = "herald_oldest_work_seconds";
     /// Records that could not be decoded. Labels: stage, reason.
     pub const DECODE_FAILURES: &str = "herald_decode_failures_total";
     /// Topic drift found by `topics apply`. Labels: setting.
@@ -115,6 +118,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// See [`names::READY`].
     pub ready: IntGaugeVec,
+    /// See [`names::OLDEST_WORK_SECONDS`].
+    pub oldest_work_seconds: GaugeVec,
     /// See [`names::DECODE_FAILURES`].
     pub decode_failures: IntCounterVec,
     /// See [`names::TOPIC_DRIFT`].
@@ -213,6 +218,16 @@ impl Metrics {
         let ready = register(
             &registry,
             IntGaugeVec::new(opts(names::READY, "1 when the stage is ready."), &["stage"]),
+        );
+        let oldest_work_seconds = register(
+            &registry,
+            GaugeVec::new(
+                opts(
+                    names::OLDEST_WORK_SECONDS,
+                    "Age of the oldest unit of work in progress, seconds.",
+                ),
+                &["stage"],
+            ),
         );
         let decode_failures = register(
             &registry,
@@ -450,6 +465,7 @@ impl Metrics {
             registry,
             build_info,
             ready,
+            oldest_work_seconds,
             decode_failures,
             topic_drift,
             shutdown_drain_seconds,

@@ -9,5 +9,7 @@ pub mod registry;
 pub use registry::TestRegistry;
 pub mod broker;
 pub mod measure;
+pub mod process;
 
 pub use broker::{BrokerKind, RestartableBroker, TestBroker};
+pub use process::Reaped;

@@ -69,14 +69,3 @@ pub fn sigkill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// A router this test started, ended with SIGKILL (by its pid) when the
-/// test ends, also when an assertion fails first.
-pub struct Reaped(pub Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            sigkill(&mut self.0);
-        }
-    }
-}

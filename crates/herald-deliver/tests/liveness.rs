@@ -1,0 +1,117 @@
+//! A worker whose send does not finish says so: run as its own process
+//! with `admin.stall_after = "1s"`, against a provider that takes 4 s to
+//! answer (inside the 10 s request timeout), its `/healthz` answers 503
+//! ("stalled") while the send hangs, its `herald_oldest_work_seconds`
+//! shows the age, and once the provider answers, the message is delivered
+//! once and `/healthz` is 200 again. Before, `/healthz` was a constant
+//! "ok": a worker wedged for minutes looked healthy to Kubernetes.
+
+// Tests fail loudly on unexpected errors: that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::setup;
+use herald_kafka::settings::ProducerKind;
+use herald_sandbox::Fault;
+
+const DELIVER: &str = env!("CARGO_BIN_EXE_herald-deliver");
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_does_not_finish_makes_healthz_fail_until_it_does() {
+    let s = setup("deliver-stall").await;
+    s.sandbox.set_fault(
+        "webhook",
+        Fault {
+            latency_ms: 4_000,
+            ..Fault::default()
+        },
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("deliver.toml");
+    let t = s.topology.settings();
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap = \"{}\"\n\
+             [topics]\nprefix = \"{}\"\npartitions = 2\nchannel_partitions = 2\nreplication_factor = 1\n\
+             [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"1s\"\n\
+             [deliver]\ngroup = \"{}\"\n\
+             [deliver.webhook]\nsecret = \"{}\"\nallow_private_networks = true\ntimeout = \"10s\"\n",
+            s.broker.bootstrap(),
+            t.prefix,
+            s.broker.group("deliver-stall"),
+            s.secret
+        ),
+    )
+    .unwrap();
+    let mut worker = herald_testkit::Reaped(
+        Command::new(DELIVER)
+            .args(["--channel", "webhook", "--config"])
+            .arg(&config)
+            .env("HERALD__LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + common::WAIT;
+    while get(&format!("{base}/readyz")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the worker never got ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    let m = s.message(1);
+    s.produce(&producer, &m).await;
+
+    // While the send hangs: unhealthy, with the age in the metrics.
+    let stalled = loop {
+        let (status, body) = get(&format!("{base}/healthz")).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline && s.delivered().is_empty(),
+            "healthz stayed {status} while the send hung"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(stalled.starts_with("stalled:"), "{stalled}");
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    let age: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_oldest_work_seconds{stage=\"deliver\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no herald_oldest_work_seconds in\n{metrics}"));
+    assert!(age > 1.0, "{age}");
+
+    // Once the provider answers: delivered once, healthy again.
+    let seen = s.wait_delivered(1).await;
+    assert_eq!(seen.get(&m.notification_id), Some(&1));
+    while get(&format!("{base}/healthz")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "healthz did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+}
