@@ -20,6 +20,10 @@ use herald_kafka::{EmbeddedCluster, KafkaSettings};
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 
+/// How long [`TestBroker::read_all`] waits for the first record of a topic
+/// that has records.
+pub const FIRST_RECORD_WAIT: Duration = Duration::from_secs(15);
+
 /// What a test needs from its broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
@@ -170,7 +174,8 @@ impl TestBroker {
     }
 
     /// Every record of `topic` (all partitions, from the beginning), read
-    /// until no record arrives for `idle`.
+    /// until no record arrives for `idle` (the first one is waited for up to
+    /// [`FIRST_RECORD_WAIT`] when the topic has any).
     pub async fn read_all(
         &self,
         topic: &str,
@@ -189,14 +194,35 @@ impl TestBroker {
             tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
                 .unwrap_or_else(|e| panic!("{e}"));
         }
+        // An empty topic is answered at once. Otherwise the first record is
+        // waited for as long as a fresh consumer may take to connect and
+        // fetch (over a second on a busy machine: a 1 s wait from the start
+        // once read nothing for minutes while the records were there), then
+        // `idle` between records.
+        let has_records = (0..partitions).any(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_or(true, |(low, high)| high > low)
+        });
+        if !has_records {
+            return Vec::new();
+        }
         consumer
             .assign(&tpl)
             .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
         let mut out = Vec::new();
         {
             let mut stream = consumer.stream();
-            while let Ok(Some(Ok(m))) = tokio::time::timeout(idle, stream.next()).await {
-                out.push(m.detach());
+            loop {
+                let wait = if out.is_empty() {
+                    idle.max(FIRST_RECORD_WAIT)
+                } else {
+                    idle
+                };
+                match tokio::time::timeout(wait, stream.next()).await {
+                    Ok(Some(Ok(m))) => out.push(m.detach()),
+                    _ => break,
+                }
             }
         }
         drop(consumer);

@@ -68,4 +68,3 @@ pub fn sigkill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
-
