@@ -286,7 +286,13 @@ impl Shared {
                 bucket.acquire().await;
             }
             let started = Instant::now();
+            // The provider call is watched by `/healthz`; waiting for an
+            // open breaker or the rate limit above is not (a provider
+            // outage is not the worker's fault, and a restart would not
+            // end it).
+            let busy = self.admin.busy();
             let result = route.provider.send(m).await;
+            drop(busy);
             let healthy = match &result {
                 Ok(_) => true,
                 Err(e) => !retry::unhealthy(e.failure),
@@ -493,14 +499,14 @@ impl Shared {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        // From here the send and its effects: watched by `/healthz`.
-        let _busy = self.admin.busy();
         let gauge = Metrics::global()
             .deliver_in_flight
             .with_label_values(&[self.ch()]);
         gauge.inc();
         let result = self.attempt(&m).await;
         gauge.dec();
+        // Writing the outcome's records: watched by `/healthz`.
+        let _busy = self.admin.busy();
         match result {
             Ok((route, accepted)) => {
                 let now = now_ms();

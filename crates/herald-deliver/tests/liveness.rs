@@ -1,10 +1,17 @@
-//! A worker whose send does not finish says so: run as its own process
-//! with `admin.stall_after = "1s"`, against a provider that takes 4 s to
-//! answer (inside the 10 s request timeout), its `/healthz` answers 503
-//! ("stalled") while the send hangs, its `herald_oldest_work_seconds`
-//! shows the age, and once the provider answers, the message is delivered
-//! once and `/healthz` is 200 again. Before, `/healthz` was a constant
-//! "ok": a worker wedged for minutes looked healthy to Kubernetes.
+//! A worker whose send does not finish says so, and one that waits for a
+//! provider to come back does not. Run as its own process with
+//! `admin.stall_after = "1s"`:
+//!
+//! - against a provider that takes 4 s to answer (inside the 10 s request
+//!   timeout), its `/healthz` answers 503 ("stalled") while the send hangs,
+//!   its `herald_oldest_work_seconds` shows the age, and once the provider
+//!   answers, the message is delivered once and `/healthz` is 200 again.
+//!   Before, `/healthz` was a constant "ok": a worker wedged for minutes
+//!   looked healthy to Kubernetes;
+//! - against a provider that fails every request, with its breaker open for
+//!   3 s, messages wait for the breaker and `/healthz` stays 200: a
+//!   provider outage is not the worker's fault, and restarting it would
+//!   not end the outage.
 
 // Tests fail loudly on unexpected errors: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -27,16 +34,12 @@ async fn get(url: &str) -> (u16, String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_that_does_not_finish_makes_healthz_fail_until_it_does() {
-    let s = setup("deliver-stall").await;
-    s.sandbox.set_fault(
-        "webhook",
-        Fault {
-            latency_ms: 4_000,
-            ..Fault::default()
-        },
-    );
+/// Starts the worker as a process with `extra` in its configuration;
+/// returns it and its admin URL once it is ready.
+async fn worker(
+    s: &common::Setup,
+    extra: &str,
+) -> (herald_testkit::Reaped, String, tempfile::TempDir) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -52,15 +55,15 @@ async fn a_send_that_does_not_finish_makes_healthz_fail_until_it_does() {
              [topics]\nprefix = \"{}\"\npartitions = 2\nchannel_partitions = 2\nreplication_factor = 1\n\
              [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"1s\"\n\
              [deliver]\ngroup = \"{}\"\n\
-             [deliver.webhook]\nsecret = \"{}\"\nallow_private_networks = true\ntimeout = \"10s\"\n",
+             [deliver.webhook]\nsecret = \"{}\"\nallow_private_networks = true\ntimeout = \"10s\"\n{extra}",
             s.broker.bootstrap(),
             t.prefix,
-            s.broker.group("deliver-stall"),
+            s.broker.group("deliver-liveness"),
             s.secret
         ),
     )
     .unwrap();
-    let mut worker = herald_testkit::Reaped(
+    let worker = herald_testkit::Reaped(
         Command::new(DELIVER)
             .args(["--channel", "webhook", "--config"])
             .arg(&config)
@@ -76,7 +79,21 @@ async fn a_send_that_does_not_finish_makes_healthz_fail_until_it_does() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    (worker, base, dir)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_does_not_finish_makes_healthz_fail_until_it_does() {
+    let s = setup("deliver-stall").await;
+    s.sandbox.set_fault(
+        "webhook",
+        Fault {
+            latency_ms: 4_000,
+            ..Fault::default()
+        },
+    );
+    let (mut worker, base, _dir) = worker(&s, "").await;
+    let deadline = Instant::now() + common::WAIT;
     let producer = s
         .broker
         .settings()
@@ -113,5 +130,44 @@ async fn a_send_that_does_not_finish_makes_healthz_fail_until_it_does() {
         assert!(Instant::now() < deadline, "healthz did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_an_open_breaker_is_not_a_stall() {
+    let s = setup("deliver-outage-live").await;
+    s.sandbox.set_fault(
+        "webhook",
+        Fault {
+            error_rate: 1.0,
+            error_status: Some(503),
+            ..Fault::default()
+        },
+    );
+    let (mut worker, base, _dir) = worker(
+        &s,
+        "[deliver.breaker]\nfailure_threshold = 1\nopen_for = \"3s\"\nmax_open_for = \"3s\"\n",
+    )
+    .await;
+    let producer = s
+        .broker
+        .settings()
+        .producer("test", &ProducerKind::Idempotent)
+        .unwrap();
+    for n in 0..6 {
+        s.produce(&producer, &s.message(n)).await;
+    }
+    // The outage goes on for 5 s: every answer a 503, the breaker open 3 s
+    // at a time, messages waiting for it. Healthy all along.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let (status, body) = get(&format!("{base}/healthz")).await;
+        assert_eq!(status, 200, "unhealthy during a provider outage: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failed = s.sandbox.counts()["webhook"]["503 injected"];
+    assert!(failed >= 2, "the outage was not reached: {failed} failures");
+    s.sandbox.clear_fault("webhook");
+    s.wait_delivered(6).await;
     assert!(worker.0.try_wait().unwrap().is_none(), "the worker exited");
 }

@@ -2,8 +2,8 @@
 //! to 180 s and failed beside the other worker tests: the dead letter was
 //! written within a second, but `read_all` waited only 1 s from a fresh
 //! consumer's start for the first record, which a busy machine often did
-//! not fetch in time. `read_all` now waits for the first record of a
-//! topic that has any.)
+//! not fetch in time. `read_all` now waits longer for the first record
+//! of a topic that has records.)
 
 // Tests fail loudly on unexpected errors: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -33,6 +33,13 @@ pub enum BrokerKind {
     Fast,
     /// Kafka transactions and fault injection (mock cluster).
     Transactional,
+    /// Apache Kafka, one combined broker/controller (`scripts/kafka.sh
+    /// start single`, which `make test` runs).
+    ApacheKafka,
+    /// Apache Kafka, three combined nodes with replication factor 3 and
+    /// `min.insync.replicas` 2 (`scripts/kafka.sh start cluster`); its nodes
+    /// can be stopped and started ([`TestBroker::kafka_node`]).
+    ApacheKafka3,
 }
 
 /// A broker handed to one test, with unique names and teardown.
@@ -67,12 +74,14 @@ impl TestBroker {
             }
             BrokerKind::Durable => (nisshi("HERALD_TEST_DURABLE_BOOTSTRAP", true), None),
             BrokerKind::Fast => (nisshi("HERALD_TEST_FAST_BOOTSTRAP", false), None),
+            BrokerKind::ApacheKafka => (apache_kafka("HERALD_TEST_KAFKA_BOOTSTRAP"), None),
+            BrokerKind::ApacheKafka3 => (apache_kafka("HERALD_TEST_KAFKA3_BOOTSTRAP"), None),
         };
         Self {
             kind,
             bootstrap,
             mock,
-            real_cluster: false,
+            real_cluster: matches!(kind, BrokerKind::ApacheKafka | BrokerKind::ApacheKafka3),
             created: Mutex::new(Vec::new()),
         }
     }
@@ -175,7 +184,7 @@ impl TestBroker {
 
     /// Every record of `topic` (all partitions, from the beginning), read
     /// until no record arrives for `idle` (the first one is waited for up to
-    /// [`FIRST_RECORD_WAIT`] when the topic has any).
+    /// [`FIRST_RECORD_WAIT`] when the topic already has records).
     pub async fn read_all(
         &self,
         topic: &str,
@@ -194,19 +203,21 @@ impl TestBroker {
             tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        // An empty topic is answered at once. Otherwise the first record is
-        // waited for as long as a fresh consumer may take to connect and
-        // fetch (over a second on a busy machine: a 1 s wait from the start
-        // once read nothing for minutes while the records were there), then
-        // `idle` between records.
+        // When the topic has records, the first is waited for as long as a
+        // fresh consumer may take to connect and fetch (over a second on a
+        // busy machine: a 1 s wait from the start once read nothing for
+        // minutes while the records were there); otherwise `idle`, for
+        // records still on their way. Then `idle` between records.
         let has_records = (0..partitions).any(|p| {
             consumer
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
                 .map_or(true, |(low, high)| high > low)
         });
-        if !has_records {
-            return Vec::new();
-        }
+        let first_wait = if has_records {
+            idle.max(FIRST_RECORD_WAIT)
+        } else {
+            idle
+        };
         consumer
             .assign(&tpl)
             .unwrap_or_else(|e| panic!("assign {topic}: {e}"));
@@ -214,11 +225,7 @@ impl TestBroker {
         {
             let mut stream = consumer.stream();
             loop {
-                let wait = if out.is_empty() {
-                    idle.max(FIRST_RECORD_WAIT)
-                } else {
-                    idle
-                };
+                let wait = if out.is_empty() { first_wait } else { idle };
                 match tokio::time::timeout(wait, stream.next()).await {
                     Ok(Some(Ok(m))) => out.push(m.detach()),
                     _ => break,
@@ -230,20 +237,26 @@ impl TestBroker {
         out
     }
 
-    /// Creates every Herald topic under a unique prefix (single replica),
-    /// tracked for teardown, and returns the topology.
+    /// Creates every Herald topic under a unique prefix (single replica;
+    /// on the three-node cluster replication factor 3 and
+    /// `min.insync.replicas` 2), tracked for teardown, and returns the
+    /// topology.
     pub async fn herald_topology(
         &self,
         base: &str,
         partitions: i32,
         channel_partitions: i32,
     ) -> herald_kafka::Topology {
+        let (replication_factor, min_insync_replicas) = match self.kind {
+            BrokerKind::ApacheKafka3 if self.real_cluster => (3, 2),
+            _ => (1, 1),
+        };
         let topology = herald_kafka::Topology::new(herald_kafka::TopologySettings {
             prefix: self.unique(base),
             partitions,
             channel_partitions,
-            replication_factor: 1,
-            min_insync_replicas: 1,
+            replication_factor,
+            min_insync_replicas,
         });
         for t in topology.topics() {
             self.track(&t.name);
@@ -262,6 +275,27 @@ impl TestBroker {
             .await
             .unwrap_or_else(|e| panic!("topics apply: {e}"));
         topology
+    }
+
+    /// Stops (`"stop"`: SIGTERM, a controlled shutdown), kills (`"kill"`:
+    /// SIGKILL) or starts (`"start"`) node `id` (1 to 3) of the Apache
+    /// Kafka cluster, by its pid, through `scripts/kafka.sh`.
+    pub fn kafka_node(&self, id: i32, action: &str) {
+        let set = match self.kind {
+            BrokerKind::ApacheKafka => "single",
+            BrokerKind::ApacheKafka3 => "cluster",
+            other => panic!("kafka_node: the {other:?} broker is not Apache Kafka"),
+        };
+        let script = std::env::var("HERALD_KAFKA_SCRIPT")
+            .unwrap_or_else(|_| panic!("HERALD_KAFKA_SCRIPT is not set: run `make test`"));
+        let status = Command::new(&script)
+            .args(["node", set, &id.to_string(), action])
+            .status()
+            .unwrap_or_else(|e| panic!("{script}: {e}"));
+        assert!(
+            status.success(),
+            "{script} node {set} {id} {action}: {status}"
+        );
     }
 
     /// Records a topic created by the code under test, for teardown.
@@ -289,6 +323,18 @@ impl Drop for TestBroker {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
         // rdkafka's futures are driven by its own threads: block_on is safe here.
         let _ = futures::executor::block_on(admin.delete_topics(&names, &opts));
+    }
+}
+
+/// The bootstrap of the Apache Kafka that `make test` started
+/// (`scripts/kafka.sh`), from `var`.
+fn apache_kafka(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(addr) if !addr.is_empty() => addr,
+        _ => panic!(
+            "{var} is not set: run `make test`, which starts Apache Kafka \
+             (scripts/kafka.sh start single|cluster)"
+        ),
     }
 }
 
