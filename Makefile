@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 BROKERS := scripts/brokers.sh
+KAFKA := scripts/kafka.sh
 
-.PHONY: help run test lint unit bench chaos brokers-up brokers-down nisshi build
+.PHONY: help run test lint unit bench chaos brokers-up brokers-down nisshi kafka build
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,11 +22,15 @@ lint: ## cargo fmt --check and clippy -D warnings
 nisshi: ## Install the pinned nisshi broker into the cache (once)
 	scripts/ensure-nisshi.sh >/dev/null
 
-test: lint nisshi ## Every test: lint, unit, broker and end-to-end (starts and stops its brokers)
+kafka: ## Fetch the pinned Apache Kafka with Maven into the cache (once)
+	$(KAFKA) fetch
+
+test: lint nisshi kafka ## Every test: lint, unit, broker and end-to-end (starts and stops its brokers)
 	@set -euo pipefail; \
-	trap '$(BROKERS) stop' EXIT; \
+	trap '$(BROKERS) stop; $(KAFKA) stop' EXIT; \
 	eval "$$($(BROKERS) start)"; \
-	echo "brokers: durable $$HERALD_TEST_DURABLE_BOOTSTRAP, fast $$HERALD_TEST_FAST_BOOTSTRAP"; \
+	eval "$$($(KAFKA) start cluster)"; \
+	echo "brokers: durable $$HERALD_TEST_DURABLE_BOOTSTRAP, fast $$HERALD_TEST_FAST_BOOTSTRAP, Apache Kafka (3 nodes) $$HERALD_TEST_KAFKA3_BOOTSTRAP"; \
 	$(CARGO) test --workspace --no-fail-fast
 
 chaos: nisshi ## The whole pipeline under crashes, outages and a broker restart, longer than in `make test`

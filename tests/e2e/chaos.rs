@@ -30,8 +30,7 @@
 //! test gives up waiting 150 s after the traffic ends.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald_codec::Codec;
@@ -41,8 +40,10 @@ use herald_model::wire::DeliveryStatus;
 use herald_model::{Channel, StatusKind};
 use herald_sandbox::credentials::Credentials;
 use herald_sandbox::{Fault, SandboxSettings};
-use herald_testkit::measure::{env_or, now_ms};
+use herald_testkit::measure::env_or;
 use herald_testkit::{RestartableBroker, TestBroker};
+
+use crate::stages::{binary, write, Stage};
 use rdkafka::message::Message;
 
 const PARTITIONS: i32 = 4;
@@ -52,90 +53,6 @@ const SCHEMA: &str = concat!(
     "/../schemas/NotificationRequested.avsc"
 );
 const PRODUCER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/chaos_producer.py");
-
-/// A Herald binary Cargo built for the workspace's tests (beside this
-/// test's own executable).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is not built: run `make test` (or cargo build --workspace --bins)",
-        bin.display()
-    );
-    bin
-}
-
-/// One stage process, started and ended by this test (by pid), its stderr
-/// kept in a log file that is printed when the verdict fails.
-struct Stage {
-    name: &'static str,
-    command: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Stage {
-    fn new(name: &'static str, dir: &Path, command: Vec<String>) -> Self {
-        let mut s = Self {
-            name,
-            command,
-            log: dir.join(format!("{name}.log")),
-            child: None,
-        };
-        s.start();
-        s
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(&self.command[0])
-            .args(&self.command[1..])
-            .env("HERALD__LOG__FILTER", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) -> i64 {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        now_ms()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Stage {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
 
 /// Every status and dead letter, read back once the pipeline is quiet.
 async fn statuses(broker: &TestBroker, topology: &Topology) -> Vec<DeliveryStatus> {

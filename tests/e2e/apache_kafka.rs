@@ -1,0 +1,219 @@
+//! Herald on an Apache Kafka cluster when a broker dies: three combined
+//! nodes (`scripts/kafka.sh start cluster`, replication factor 3,
+//! `min.insync.replicas` 2), `herald-router` and a webhook `herald-deliver`
+//! each its own process, events produced with `acks=all` at a steady rate.
+//! A third of the way in, the node that leads the most of Herald's
+//! partitions is SIGKILLed; two thirds in it is started again. Verdict:
+//! every notification reached the provider, no stage exited, and a
+//! notification sent twice is counted against the worker's in-flight
+//! window (no stage crashed, so repeats can only come from a rebalance).
+//!
+//! Size: `HERALD_KAFKA_EVENTS` (default 1500) at `HERALD_KAFKA_RATE`
+//! events/s (default 150). Bounded: gives up 120 s after the traffic.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use herald_codec::encode_single_object;
+use herald_kafka::settings::ProducerKind;
+use herald_model::ids::{DedupKey, NotificationId};
+use herald_model::wire::{Content, WebhookContent};
+use herald_model::{sample, Channel};
+use herald_sandbox::credentials::Credentials;
+use herald_sandbox::SandboxSettings;
+use herald_testkit::measure::{env_or, now_ms};
+use herald_testkit::{BrokerKind, TestBroker};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+
+use crate::stages::{binary, write, Stage};
+
+const PARTITIONS: i32 = 6;
+const MAX_IN_FLIGHT: usize = 8;
+
+/// The node that leads the most partitions of topics under `prefix`.
+fn busiest_leader(broker: &TestBroker, prefix: &str) -> (i32, BTreeMap<i32, usize>) {
+    use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+    let consumer: StreamConsumer = broker
+        .settings()
+        .consumer("leaders", &broker.group("leaders"), DefaultConsumerContext)
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let mut led: BTreeMap<i32, usize> = BTreeMap::new();
+    for t in md.topics().iter().filter(|t| t.name().starts_with(prefix)) {
+        for p in t.partitions() {
+            *led.entry(p.leader()).or_default() += 1;
+        }
+    }
+    let node = led
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(id, _)| *id)
+        .unwrap();
+    (node, led)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
+    let count: u64 = env_or("HERALD_KAFKA_EVENTS", 1500);
+    let rate: f64 = env_or("HERALD_KAFKA_RATE", 150.0);
+    let traffic = Duration::from_secs_f64(count as f64 / rate);
+    let dir = tempfile::tempdir().unwrap();
+
+    let broker = TestBroker::start(BrokerKind::ApacheKafka3);
+    let topology = broker
+        .herald_topology("kafka3", PARTITIONS, PARTITIONS)
+        .await;
+    let prefix = topology.settings().prefix.clone();
+    let keys = Credentials::generate().unwrap();
+    let sandbox = herald_sandbox::serve(keys.sandbox(SandboxSettings {
+        max_records: 1_000_000,
+        ..SandboxSettings::loopback()
+    }))
+    .await
+    .unwrap();
+    let url = format!("http://{}/hooks/kafka", sandbox.bound.http);
+
+    let common = format!(
+        "[kafka]\nbootstrap = \"{}\"\n\
+         [kafka.consumer_overrides]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [topics]\nprefix = \"{prefix}\"\npartitions = {PARTITIONS}\nchannel_partitions = {PARTITIONS}\n\
+         replication_factor = 3\nmin_insync_replicas = 2\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        broker.bootstrap()
+    );
+    let router_toml = write(
+        dir.path(),
+        "router.toml",
+        &format!(
+            "{common}[router]\ngroup = \"{}\"\n",
+            broker.group("k3-router")
+        ),
+    );
+    let webhook_toml = write(
+        dir.path(),
+        "webhook.toml",
+        &format!(
+            "{common}[deliver]\ngroup = \"{}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\
+             [deliver.retry]\nbase_delay = \"200ms\"\nmax_delay = \"2s\"\nmax_attempts = 30\n{}",
+            broker.group("k3-webhook"),
+            keys.worker_toml("webhook", &sandbox.bound)
+        ),
+    );
+    let stage = |name, bin: &str, args: &[&str]| {
+        let mut command = vec![binary(bin).display().to_string()];
+        command.extend(args.iter().map(|a| a.to_string()));
+        Stage::new(name, dir.path(), command)
+    };
+    let mut router = stage("router", "herald-router", &["--config", &router_toml]);
+    let mut webhook = stage(
+        "webhook",
+        "herald-deliver",
+        &["--channel", "webhook", "--config", &webhook_toml],
+    );
+
+    // The traffic, from a task of its own, and the node's death beside it.
+    let producer = broker
+        .settings()
+        .producer("k3-test", &ProducerKind::Idempotent)
+        .unwrap();
+    let input = topology.notifications();
+    let hook = url.clone();
+    let traffic_task = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut acks = futures::stream::FuturesUnordered::new();
+        for n in 0..count {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(n as f64 / rate)).into())
+                .await;
+            let mut e = sample::notification(n, now_ms());
+            e.idempotency_key = format!("k3-{n}");
+            e.user_id = format!("user-{}", n % 40);
+            e.channels = vec![Channel::Webhook];
+            e.expires_at = None;
+            e.recipients.webhook_url = Some(hook.clone());
+            e.content = Some(Content {
+                webhook: Some(WebhookContent {
+                    event_type: "order.shipped".into(),
+                    payload_json: format!("{{\"order\":{n}}}"),
+                }),
+                ..Content::default()
+            });
+            let bytes = encode_single_object(&e).unwrap();
+            let (p, t, k) = (producer.clone(), input.clone(), e.user_id.clone());
+            acks.push(async move {
+                p.send(
+                    FutureRecord::to(&t).key(&k).payload(&bytes),
+                    Timeout::After(Duration::from_secs(120)),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e.to_string())
+            });
+            while let Some(Some(r)) = futures::FutureExt::now_or_never(acks.next()) {
+                r.unwrap();
+            }
+        }
+        while let Some(r) = acks.next().await {
+            r.unwrap();
+        }
+    });
+    let started = Instant::now();
+    tokio::time::sleep_until((started + traffic / 3).into()).await;
+    let (node, led) = busiest_leader(&broker, &prefix);
+    println!("kafka3: partitions led per node {led:?}; killing node {node}");
+    broker.kafka_node(node, "kill");
+    tokio::time::sleep_until((started + traffic * 2 / 3).into()).await;
+    broker.kafka_node(node, "start");
+    tokio::time::timeout(traffic + Duration::from_secs(120), traffic_task)
+        .await
+        .expect("the producer did not finish")
+        .unwrap();
+
+    // Every notification at the provider.
+    let expected: Vec<String> = (0..count)
+        .map(|n| {
+            let key = DedupKey::new("acme", "receipt", &format!("k3-{n}"));
+            NotificationId::new(key, Channel::Webhook, &url).to_string()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sends = loop {
+        let mut sends: BTreeMap<String, usize> = BTreeMap::new();
+        for r in sandbox.sandbox.records(Some("webhook"), None) {
+            *sends
+                .entry(r.notification_id.unwrap_or_default())
+                .or_default() += 1;
+        }
+        if expected.iter().all(|id| sends.contains_key(id)) || Instant::now() > deadline {
+            break sends;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let logs = format!(
+        "\n--- router ---\n{}\n--- webhook ---\n{}",
+        router.tail(),
+        webhook.tail()
+    );
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|id| !sends.contains_key(*id))
+        .collect();
+    let extra: usize = sends.values().map(|n| n - 1).sum();
+    println!(
+        "kafka3: {count} events, {} sent, {} missing, {extra} extra sends",
+        sends.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {}: {missing:?}{logs}",
+        missing.len()
+    );
+    assert!(router.running(), "the router exited{logs}");
+    assert!(webhook.running(), "the worker exited{logs}");
+    let window = PARTITIONS as usize * 7 * MAX_IN_FLIGHT;
+    assert!(extra <= window, "{extra} extra sends, bound {window}{logs}");
+}
