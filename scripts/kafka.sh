@@ -13,7 +13,9 @@
 #   (cluster), and HERALD_KAFKA_SCRIPT (this script, for node stop/start).
 # Data, configs, logs and pid files live in target/herald-kafka/<set>/;
 # each node's log is target/herald-kafka/<set>/node-<id>.log.
-# Heap per node: HERALD_KAFKA_HEAP (default 384m).
+# Memory per node: heap HERALD_KAFKA_HEAP (default 256m), metaspace, code
+# cache and direct memory bounded, index files 1 MB (Kafka maps them; at
+# 10 MB each a node with Herald's ~250 partitions grew to ~780 MB).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,7 +23,7 @@ version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/scrip
 cache="${HERALD_CACHE:-$HOME/.cache/herald}/kafka-$version"
 libs="$cache/libs"
 root="$here/target/herald-kafka"
-heap="${HERALD_KAFKA_HEAP:-384m}"
+heap="${HERALD_KAFKA_HEAP:-256m}"
 
 fetch() {
   if [ -f "$cache/fetched" ]; then
@@ -40,6 +42,8 @@ free_port() {
 }
 
 jopts=(-Xms128m "-Xmx$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+  -XX:MaxMetaspaceSize=128m -XX:ReservedCodeCacheSize=64m -XX:MaxDirectMemorySize=128m
+  -XX:TieredStopAtLevel=1
   -Djava.awt.headless=true
   "-Dlog4j2.configurationFile=$here/scripts/kafka/log4j2.properties"
   -cp "$libs/*")
@@ -139,6 +143,8 @@ transaction.state.log.num.partitions=8
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.cleaner.backoff.ms=1000
+log.index.size.max.bytes=1048576
+log.cleaner.dedupe.buffer.size=8388608
 EOF
     java "${jopts[@]}" kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" \
       -c "$dir/node-$id.properties" >>"$dir/node-$id.log" 2>&1

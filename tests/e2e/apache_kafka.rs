@@ -3,10 +3,14 @@
 //! `min.insync.replicas` 2), `herald-router` and a webhook `herald-deliver`
 //! each its own process, events produced with `acks=all` at a steady rate.
 //! A third of the way in, the node that leads the most of Herald's
-//! partitions is SIGKILLed; two thirds in it is started again. Verdict:
-//! every notification reached the provider, no stage exited, and a
-//! notification sent twice is counted against the worker's in-flight
-//! window (no stage crashed, so repeats can only come from a rebalance).
+//! partitions is SIGKILLed and a second router joins at once (a scale-out
+//! during the failover: partitions move, and their state is restored while
+//! its leaders are being elected); two thirds in the node is started
+//! again. Verdict: every notification reached the provider, no stage
+//! exited, and a notification sent twice is counted against the worker's
+//! in-flight window (no stage crashed, so repeats can only come from a
+//! rebalance). Before, a restore that timed out during the election made
+//! the router exit.
 //!
 //! Size: `HERALD_KAFKA_EVENTS` (default 1500) at `HERALD_KAFKA_RATE`
 //! events/s (default 150). Bounded: gives up 120 s after the traffic.
@@ -165,6 +169,7 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
     let (node, led) = busiest_leader(&broker, &prefix);
     println!("kafka3: partitions led per node {led:?}; killing node {node}");
     broker.kafka_node(node, "kill");
+    let mut router2 = stage("router2", "herald-router", &["--config", &router_toml]);
     tokio::time::sleep_until((started + traffic * 2 / 3).into()).await;
     broker.kafka_node(node, "start");
     tokio::time::timeout(traffic + Duration::from_secs(120), traffic_task)
@@ -193,8 +198,9 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let logs = format!(
-        "\n--- router ---\n{}\n--- webhook ---\n{}",
+        "\n--- router ---\n{}\n--- router2 ---\n{}\n--- webhook ---\n{}",
         router.tail(),
+        router2.tail(),
         webhook.tail()
     );
     let missing: Vec<&String> = expected
@@ -213,6 +219,7 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
         missing.len()
     );
     assert!(router.running(), "the router exited{logs}");
+    assert!(router2.running(), "the second router exited{logs}");
     assert!(webhook.running(), "the worker exited{logs}");
     let window = PARTITIONS as usize * 7 * MAX_IN_FLIGHT;
     assert!(extra <= window, "{extra} extra sends, bound {window}{logs}");

@@ -720,7 +720,10 @@ async fn partition_task(
         partition,
         urgent_lane,
     } = assigned;
-    let ledger = match shared.ledger(partition).await {
+    let what = format!("{}/{partition}", shared.ledger_topic);
+    let restored =
+        herald_kafka::consume::restore_patiently(&what, &stop, || shared.ledger(partition)).await;
+    let ledger = match restored {
         Ok(l) => l,
         Err(e) => {
             shared.fail(format!("{e:#}"));

@@ -8,8 +8,52 @@
 //! the stage. A stage that stops making progress for another reason is the
 //! liveness check's business, not this one's.
 
+use std::future::Future;
+use std::time::{Duration, Instant};
+
 use herald_telemetry::events::Emit;
+use herald_telemetry::Shutdown;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// How long a partition's restore is retried before the stage gives up: a
+/// broker failover (a dead leader noticed, a new one elected) takes tens of
+/// seconds, during which reading a state partition times out.
+pub const RESTORE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs `restore` (reading a partition's state to its end) until it
+/// succeeds, retrying with backoff for up to [`RESTORE_PATIENCE`] while the
+/// broker fails over; a stop ends the wait with the last error. Before,
+/// one metadata timeout during a leader election made the router exit.
+pub async fn restore_patiently<T, F, Fut>(
+    what: &str,
+    stop: &Shutdown,
+    mut restore: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match restore().await {
+            Ok(t) => return Ok(t),
+            Err(e) if started.elapsed() < RESTORE_PATIENCE && !stop.is_triggered() => {
+                tracing::warn!(
+                    what,
+                    error = %format!("{e:#}"),
+                    "Restoring failed; retrying (the broker may be failing over)."
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return Err(e),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// The verdict on one consumer error.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -215,8 +215,12 @@ impl LaneTask<'_> {
     /// then waits for what is in flight and stores its offsets.
     async fn serve(&self, rx: &mut mpsc::UnboundedReceiver<Work>) -> anyhow::Result<()> {
         let s = self.shared;
+        let what = format!("{}/{}", s.input_topic, self.partition);
         let (mut st, prefs_end) =
-            restore(&s.config, &s.router, self.partition, s.clock.now_ms()).await?;
+            herald_kafka::consume::restore_patiently(&what, self.stop, || {
+                restore(&s.config, &s.router, self.partition, s.clock.now_ms())
+            })
+            .await?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&s.prefs_topic, self.partition, Offset::Offset(prefs_end))?;
         s.prefs_follower

@@ -679,8 +679,11 @@ impl TransactionalLoop<'_> {
                     let partition = msg.partition();
                     // A partition's state is restored before its first record is processed.
                     if let std::collections::hash_map::Entry::Vacant(slot) = states.entry(partition) {
-                        let (st, prefs_end) =
-                            restore(config, self.router, partition, self.clock.now_ms()).await?;
+                        let what = format!("{}/{partition}", self.router.topology().notifications());
+                        let (st, prefs_end) = herald_kafka::consume::restore_patiently(&what, shutdown, || {
+                            restore(config, self.router, partition, self.clock.now_ms())
+                        })
+                        .await?;
                         slot.insert(st);
                         let mut tpl = TopicPartitionList::new();
                         tpl.add_partition_offset(self.prefs_topic, partition, Offset::Offset(prefs_end))?;
