@@ -38,7 +38,7 @@ chaos: nisshi ## The whole pipeline under crashes, outages and a broker restart,
 	HERALD_CHAOS_EVENTS=$${HERALD_CHAOS_EVENTS:-12000} HERALD_CHAOS_RATE=$${HERALD_CHAOS_RATE:-150} \
 	  $(CARGO) test -p herald-tests --test e2e chaos -- --nocapture
 
-bench: nisshi ## Benchmarks; paste the tables into BENCHMARKS.md with commit and machine
+bench: nisshi kafka ## Benchmarks; paste the tables into BENCHMARKS.md with commit and machine
 	@echo "commit $$(git rev-parse --short HEAD), $$(nproc) cores, $$(free -g | awk '/Mem/{print $$2}') GiB"
 	$(CARGO) run -q --release -p herald-router --example dedup_memory
 	$(CARGO) run -q --release -p herald-router --example router_throughput
@@ -48,3 +48,8 @@ bench: nisshi ## Benchmarks; paste the tables into BENCHMARKS.md with commit and
 	$(CARGO) run -q --release -p herald-deliver --example deliver_latency
 	$(CARGO) build -q --release --bins
 	$(CARGO) run -q --release -p herald-tests --example pipeline_latency
+	@set -euo pipefail; trap '$(KAFKA) stop single' EXIT; eval "$$($(KAFKA) start single)"; \
+	for rate in 250 3000; do \
+	  HERALD_BENCH_BROKER=kafka HERALD_BENCH_RATE=$$rate HERALD_BENCH_SECONDS=10 \
+	    $(CARGO) run -q --release -p herald-tests --example pipeline_latency; \
+	done

@@ -10,8 +10,11 @@
 //! producer sets when it sends it) and of the delivery hop (lane record to
 //! acceptance). `HERALD_BENCH_RATE` events/s (default 250) for
 //! `HERALD_BENCH_SECONDS` (default 20); `HERALD_BENCH_CONSUMER` adds
-//! consumer overrides to both stages (`key=value,...`). Release binaries
-//! from `target/release` (`cargo build --release --bins`).
+//! consumer overrides to both stages (`key=value,...`);
+//! `HERALD_BENCH_BROKER` picks the broker: `nisshi` (default), `kafka`
+//! (Apache Kafka, one node: `scripts/kafka.sh start single`) or `kafka3`
+//! (the three-node cluster). Release binaries from `target/release`
+//! (`cargo build --release --bins`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -56,7 +59,13 @@ async fn main() {
     let consumer = std::env::var("HERALD_BENCH_CONSUMER").unwrap_or_default();
     let n = rate * seconds;
 
-    let broker = TestBroker::start(BrokerKind::Durable);
+    let kind = match std::env::var("HERALD_BENCH_BROKER").as_deref() {
+        Ok("kafka") => BrokerKind::ApacheKafka,
+        Ok("kafka3") => BrokerKind::ApacheKafka3,
+        Ok("nisshi") | Err(_) => BrokerKind::Durable,
+        Ok(other) => panic!("HERALD_BENCH_BROKER={other}: nisshi, kafka or kafka3"),
+    };
+    let broker = TestBroker::start(kind);
     let topology = broker
         .herald_topology("bench-pipeline", PARTITIONS, PARTITIONS)
         .await;
@@ -234,8 +243,13 @@ async fn main() {
         }
     }
     println!(
-        "Pipeline: router and webhook worker on nisshi, {rate} events/s for {seconds} s \
+        "Pipeline: router and webhook worker on {}, {rate} events/s for {seconds} s \
          ({PARTITIONS} partitions, 3 lanes in turn, 20 ms provider latency){}",
+        match kind {
+            BrokerKind::ApacheKafka => "Apache Kafka (one node)",
+            BrokerKind::ApacheKafka3 => "Apache Kafka (three nodes)",
+            _ => "nisshi",
+        },
         if consumer.is_empty() {
             String::new()
         } else {
