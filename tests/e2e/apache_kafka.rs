@@ -31,7 +31,7 @@ use herald_testkit::{BrokerKind, TestBroker};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
-use crate::stages::{binary, write, Stage};
+use crate::stages::{common_config, write, Stage};
 
 const PARTITIONS: i32 = 6;
 const MAX_IN_FLIGHT: usize = 8;
@@ -81,14 +81,7 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
     .unwrap();
     let url = format!("http://{}/hooks/kafka", sandbox.bound.http);
 
-    let common = format!(
-        "[kafka]\nbootstrap = \"{}\"\n\
-         [kafka.consumer_overrides]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-         [topics]\nprefix = \"{prefix}\"\npartitions = {PARTITIONS}\nchannel_partitions = {PARTITIONS}\n\
-         replication_factor = 3\nmin_insync_replicas = 2\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n",
-        broker.bootstrap()
-    );
+    let common = common_config(&broker, &topology);
     let router_toml = write(
         dir.path(),
         "router.toml",
@@ -107,11 +100,7 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
             keys.worker_toml("webhook", &sandbox.bound)
         ),
     );
-    let stage = |name, bin: &str, args: &[&str]| {
-        let mut command = vec![binary(bin).display().to_string()];
-        command.extend(args.iter().map(|a| a.to_string()));
-        Stage::new(name, dir.path(), command)
-    };
+    let stage = |name, bin: &str, args: &[&str]| Stage::of(name, dir.path(), bin, args);
     let mut router = stage("router", "herald-router", &["--config", &router_toml]);
     let mut webhook = stage(
         "webhook",

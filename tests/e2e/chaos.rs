@@ -43,7 +43,7 @@ use herald_sandbox::{Fault, SandboxSettings};
 use herald_testkit::measure::env_or;
 use herald_testkit::{RestartableBroker, TestBroker};
 
-use crate::stages::{binary, write, Stage};
+use crate::stages::{common_config, write, Stage};
 use rdkafka::message::Message;
 
 const PARTITIONS: i32 = 4;
@@ -83,7 +83,6 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
     let topology = broker
         .herald_topology("chaos", PARTITIONS, PARTITIONS)
         .await;
-    let prefix = topology.settings().prefix.clone();
     let keys = Credentials::generate().unwrap();
     let sandbox = herald_sandbox::serve(keys.sandbox(SandboxSettings {
         max_records: 1_000_000,
@@ -93,13 +92,7 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
     .unwrap();
     let webhook_url = format!("http://{}/hooks/chaos", sandbox.bound.http);
 
-    let common = format!(
-        "[kafka]\nbootstrap = \"{}\"\n\
-         [kafka.consumer_overrides]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-         [topics]\nprefix = \"{prefix}\"\npartitions = {PARTITIONS}\nchannel_partitions = {PARTITIONS}\nreplication_factor = 1\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n",
-        broker.bootstrap()
-    );
+    let common = common_config(&broker, &topology);
     let router_toml = write(
         dir.path(),
         "router.toml",
@@ -112,11 +105,7 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         "{common}[deliver]\ngroup = \"{{group}}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\
          [deliver.retry]\nbase_delay = \"200ms\"\nmax_delay = \"2s\"\nmax_attempts = 30\njitter = 0.2\n"
     );
-    let stage = |name, bin: &str, args: &[&str]| {
-        let mut command = vec![binary(bin).display().to_string()];
-        command.extend(args.iter().map(|a| a.to_string()));
-        Stage::new(name, dir.path(), command)
-    };
+    let stage = |name, bin: &str, args: &[&str]| Stage::of(name, dir.path(), bin, args);
     let mut router = stage("router", "herald-router", &["--config", &router_toml]);
     let mut workers: BTreeMap<Channel, Stage> = Channel::ALL
         .iter()

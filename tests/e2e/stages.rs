@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use herald_kafka::Topology;
 use herald_testkit::measure::now_ms;
+use herald_testkit::TestBroker;
 
 /// A Herald binary Cargo built for the workspace's tests (beside this
 /// test's own executable).
@@ -88,4 +90,33 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// The sections every stage of a pipeline test shares: the broker (group
+/// timeouts short enough for a test that kills members), the topics as
+/// `topology` declares them, and an admin port of the system's choosing.
+pub fn common_config(broker: &TestBroker, topology: &Topology) -> String {
+    let t = topology.settings();
+    format!(
+        "[kafka]\nbootstrap = \"{}\"\n\
+         [kafka.consumer_overrides]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [topics]\nprefix = \"{}\"\npartitions = {}\nchannel_partitions = {}\n\
+         replication_factor = {}\nmin_insync_replicas = {}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        broker.bootstrap(),
+        t.prefix,
+        t.partitions,
+        t.channel_partitions,
+        t.replication_factor,
+        t.min_insync_replicas,
+    )
+}
+
+impl Stage {
+    /// Starts Herald binary `bin` with `args`, its log in `dir`.
+    pub fn of(name: &'static str, dir: &Path, bin: &str, args: &[&str]) -> Self {
+        let mut command = vec![binary(bin).display().to_string()];
+        command.extend(args.iter().map(|a| a.to_string()));
+        Self::new(name, dir, command)
+    }
 }

@@ -22,7 +22,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::setup;
-use herald_kafka::settings::ProducerKind;
 use herald_sandbox::Fault;
 
 const DELIVER: &str = env!("CARGO_BIN_EXE_herald-deliver");
@@ -94,11 +93,7 @@ async fn a_send_that_does_not_finish_makes_healthz_fail_until_it_does() {
     );
     let (mut worker, base, _dir) = worker(&s, "").await;
     let deadline = Instant::now() + common::WAIT;
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let m = s.message(1);
     s.produce(&producer, &m).await;
 
@@ -149,11 +144,7 @@ async fn waiting_for_an_open_breaker_is_not_a_stall() {
         "[deliver.breaker]\nfailure_threshold = 1\nopen_for = \"3s\"\nmax_open_for = \"3s\"\n",
     )
     .await;
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     for n in 0..6 {
         s.produce(&producer, &s.message(n)).await;
     }

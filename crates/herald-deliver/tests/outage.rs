@@ -10,18 +10,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{setup, start, stop};
-use herald_kafka::settings::ProducerKind;
 use herald_model::StatusKind;
 use herald_sandbox::Fault;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_60_second_outage_opens_the_breaker_and_loses_nothing() {
     let s = setup("deliver-outage").await;
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let mut config = s.config();
     config.deliver.breaker.open_for = Duration::from_secs(2);
     config.deliver.breaker.max_open_for = Duration::from_secs(8);

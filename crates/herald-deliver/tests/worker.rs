@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{now_ms, setup, start, stop, WAIT};
-use herald_kafka::settings::ProducerKind;
 use herald_model::wire::ChannelMessage;
 use herald_model::{Channel, Priority, StatusKind};
 use herald_sandbox::Fault;
@@ -24,11 +23,7 @@ use rdkafka::util::Timeout;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivers_each_message_once_dead_letters_poison_and_skips_a_replay() {
     let s = setup("deliver-once").await;
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let messages: Vec<ChannelMessage> = (0..120).map(|n| s.message(n)).collect();
     for m in &messages {
         s.produce(&producer, m).await;
@@ -115,11 +110,7 @@ async fn copies_in_flight_together_are_sent_once() {
             ..Fault::default()
         },
     );
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let messages: Vec<ChannelMessage> = (0..12).map(|n| s.message(n)).collect();
     for m in &messages {
         s.produce(&producer, m).await;
@@ -153,11 +144,7 @@ async fn under_30_percent_errors_everything_arrives_with_bounded_attempts() {
             ..Fault::default()
         },
     );
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     for n in 0..100 {
         s.produce(&producer, &s.message(n)).await;
     }
@@ -195,11 +182,7 @@ async fn under_30_percent_errors_everything_arrives_with_bounded_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_after_is_honoured_and_permanent_or_stale_messages_are_not_retried() {
     let s = setup("deliver-classes").await;
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let (stopper, task) = start(s.config());
 
     // 429 with Retry-After: 2 s, once.
@@ -282,11 +265,7 @@ async fn urgent_messages_go_ahead_of_bulk() {
             ..Fault::default()
         },
     );
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let mut config = s.config();
     config.deliver.max_in_flight = 2;
     let bulk: Vec<ChannelMessage> = (0..60)
@@ -354,11 +333,7 @@ async fn normal_messages_are_not_held_while_urgent_ones_are_in_flight() {
             ..Fault::default()
         },
     );
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let (stopper, task) = start(s.config());
     // Warm: the group joined and the ledgers restored.
     s.produce(&producer, &s.message(999)).await;
@@ -407,11 +382,7 @@ async fn normal_messages_are_not_held_while_urgent_ones_are_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stop_does_not_wait_for_retries_and_leaves_them_to_the_next_worker() {
     let s = setup("deliver-stop").await;
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let (stopper, task) = start(s.config());
     s.sandbox.set_fault(
         "webhook",
@@ -492,11 +463,7 @@ async fn a_hostile_endpoint_stops_only_itself() {
             });
         }
     });
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let (stopper, task) = start(s.config());
     for n in 0..8 {
         let mut m = s.message(n);
@@ -531,11 +498,7 @@ async fn a_hostile_endpoint_stops_only_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_providers_rate_limit_is_kept() {
     let s = setup("deliver-rate").await;
-    let producer = s
-        .broker
-        .settings()
-        .producer("test", &ProducerKind::Idempotent)
-        .unwrap();
+    let producer = s.producer();
     let mut config = s.config();
     config.deliver.rate_limits.insert(
         "webhook".into(),

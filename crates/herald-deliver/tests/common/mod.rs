@@ -83,6 +83,14 @@ impl Setup {
         }
     }
 
+    /// An idempotent producer to this setup's broker.
+    pub fn producer(&self) -> FutureProducer {
+        self.broker
+            .settings()
+            .producer("test", &herald_kafka::settings::ProducerKind::Idempotent)
+            .unwrap()
+    }
+
     pub fn message(&self, n: u64) -> ChannelMessage {
         let mut m = sample::channel_message(n, now_ms());
         m.channel = Channel::Webhook;
