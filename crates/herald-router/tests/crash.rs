@@ -4,7 +4,10 @@
 //! record processed again (a crash window), never a duplicate input let
 //! through. The test prints how many repeats the crashes caused.
 //!
-//! Size: `HERALD_CRASH_EVENTS` (default 100000).
+//! On nisshi (memory) and on the three-node Apache Kafka cluster.
+//!
+//! Size: `HERALD_CRASH_EVENTS` (default 100000; a third of it on Apache
+//! Kafka).
 
 // Tests fail loudly on unexpected errors: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -44,8 +47,24 @@ async fn no_event_is_lost_when_the_router_is_killed_repeatedly() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    killed_repeatedly(BrokerKind::Fast, total).await;
+}
+
+/// The same on Apache Kafka, three nodes (replication factor 3,
+/// `min.insync.replicas` 2, acks from the in-sync replicas): a third of the
+/// events, the cluster being slower per record than nisshi in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_lost_when_the_router_is_killed_repeatedly_on_apache_kafka() {
+    let total: u64 = std::env::var("HERALD_CRASH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(30_000, |n: u64| n / 3);
+    killed_repeatedly(BrokerKind::ApacheKafka3, total).await;
+}
+
+async fn killed_repeatedly(kind: BrokerKind, total: u64) {
     let unique = total - total / 10;
-    let broker = TestBroker::start(BrokerKind::Fast);
+    let broker = TestBroker::start(kind);
     let topology = broker.herald_topology("crash", PARTITIONS, 2).await;
     let settings = topology.settings().clone();
     let group = broker.group("crash-router");
@@ -146,7 +165,7 @@ async fn no_event_is_lost_when_the_router_is_killed_repeatedly() {
         repeats += sources.len() - 1;
     }
     println!(
-        "crash test: {total} events ({} duplicates), {kills} SIGKILLs, {unique} unique all delivered, \
+        "crash test ({kind:?}): {total} events ({} duplicates), {kills} SIGKILLs, {unique} unique all delivered, \
          {repeats} outputs repeated by crash windows, {:.1}s",
         total - unique,
         started.elapsed().as_secs_f64()
