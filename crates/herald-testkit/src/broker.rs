@@ -194,10 +194,11 @@ impl TestBroker {
         use futures::StreamExt;
         use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
         use rdkafka::message::Message;
-        let consumer: StreamConsumer<DefaultConsumerContext> = self
-            .settings()
-            .consumer("test-reader", &self.group("reader"), DefaultConsumerContext)
-            .unwrap_or_else(|e| panic!("reader: {e}"));
+        let consumer: std::sync::Arc<StreamConsumer<DefaultConsumerContext>> = std::sync::Arc::new(
+            self.settings()
+                .consumer("test-reader", &self.group("reader"), DefaultConsumerContext)
+                .unwrap_or_else(|e| panic!("reader: {e}")),
+        );
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
@@ -208,11 +209,17 @@ impl TestBroker {
         // busy machine: a 1 s wait from the start once read nothing for
         // minutes while the records were there); otherwise `idle`, for
         // records still on their way. Then `idle` between records.
-        let has_records = (0..partitions).any(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map_or(true, |(low, high)| high > low)
-        });
+        // The watermark calls block: off the runtime, whose thread may be
+        // running the stage under test.
+        let (c, t) = (std::sync::Arc::clone(&consumer), topic.to_string());
+        let has_records = tokio::task::spawn_blocking(move || {
+            (0..partitions).any(|p| {
+                c.fetch_watermarks(&t, p, Duration::from_secs(10))
+                    .map_or(true, |(low, high)| high > low)
+            })
+        })
+        .await
+        .unwrap_or(true);
         let first_wait = if has_records {
             idle.max(FIRST_RECORD_WAIT)
         } else {
