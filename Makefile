@@ -52,4 +52,11 @@ bench: nisshi kafka ## Benchmarks; paste the tables into BENCHMARKS.md with comm
 	for rate in 250 3000; do \
 	  HERALD_BENCH_BROKER=kafka HERALD_BENCH_RATE=$$rate HERALD_BENCH_SECONDS=10 \
 	    $(CARGO) run -q --release -p herald-tests --example pipeline_latency; \
+	done; \
+	HERALD_BENCH_BROKER=kafka HERALD_BENCH_RATE=250 HERALD_BENCH_SECONDS=10 HERALD_BENCH_BULK=60000 \
+	  $(CARGO) run -q --release -p herald-tests --example pipeline_latency
+	@set -euo pipefail; trap '$(KAFKA) stop cluster' EXIT; eval "$$($(KAFKA) start cluster)"; \
+	for rate in 100 250; do \
+	  HERALD_BENCH_BROKER=kafka3 HERALD_BENCH_RATE=$$rate HERALD_BENCH_SECONDS=10 \
+	    $(CARGO) run -q --release -p herald-tests --example pipeline_latency; \
 	done

@@ -15,6 +15,13 @@
 //! (Apache Kafka, one node: `scripts/kafka.sh start single`) or `kafka3`
 //! (the three-node cluster). Release binaries from `target/release`
 //! (`cargo build --release --bins`).
+//!
+//! `HERALD_BENCH_BULK=N`: urgent under a bulk backlog. First a campaign of
+//! N bulk events, produced at once and routed before the measurement
+//! starts, so the worker's bulk windows are full; then urgent events only,
+//! at the steady rate. The bulk row shows how long the backlog waited, and
+//! the last line whether it still filled the worker when the last urgent
+//! notification arrived (it must, or the worker was not saturated).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -58,6 +65,7 @@ async fn main() {
     let seconds: u64 = env_or("HERALD_BENCH_SECONDS", 20);
     let consumer = std::env::var("HERALD_BENCH_CONSUMER").unwrap_or_default();
     let n = rate * seconds;
+    let bulk: u64 = env_or("HERALD_BENCH_BULK", 0);
 
     let kind = match std::env::var("HERALD_BENCH_BROKER").as_deref() {
         Ok("kafka") => BrokerKind::ApacheKafka,
@@ -72,7 +80,7 @@ async fn main() {
     let secret = herald_sandbox::webhook_secret(&[9u8; 32]);
     let running = herald_sandbox::serve(SandboxSettings {
         webhook_secret: secret.clone(),
-        max_records: n as usize * 2,
+        max_records: (n + bulk) as usize * 2,
         ..SandboxSettings::loopback()
     })
     .await
@@ -173,12 +181,49 @@ async fn main() {
     }
     let warm = sandbox.records(Some("webhook"), None).len();
 
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     let mut created: BTreeMap<String, (Priority, i64)> = BTreeMap::new();
+    if bulk > 0 {
+        let mut acks = Vec::with_capacity(bulk as usize);
+        for i in 0..bulk {
+            let e = event(2_000_000 + i, Priority::Bulk);
+            created.insert(e.idempotency_key.clone(), (Priority::Bulk, e.created_at));
+            let bytes = encode_single_object(&e).unwrap();
+            let (p, t, key) = (producer.clone(), topic.clone(), e.user_id.clone());
+            acks.push(tokio::spawn(async move {
+                p.send(
+                    FutureRecord::to(&t).key(&key).payload(&bytes),
+                    Timeout::After(Duration::from_secs(60)),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+            }));
+        }
+        for a in acks {
+            a.await.unwrap().unwrap();
+        }
+        // Routed: every bulk event has its lane record.
+        let lane = topology.lane(Channel::Webhook, Priority::Bulk);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while broker.record_count(&lane, PARTITIONS).await < bulk as i64 {
+            assert!(
+                Instant::now() < deadline,
+                "the bulk campaign was not routed"
+            );
+            assert!(router.try_wait().unwrap().is_none(), "the router exited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     let mut acks = Vec::with_capacity(n as usize);
     for i in 0..n {
         tick.tick().await;
-        let priority = Priority::ALL[(i % 3) as usize];
+        let priority = if bulk > 0 {
+            Priority::Urgent
+        } else {
+            Priority::ALL[(i % 3) as usize]
+        };
         let e = event(i, priority);
         created.insert(e.idempotency_key.clone(), (priority, e.created_at));
         let bytes = encode_single_object(&e).unwrap();
@@ -196,8 +241,8 @@ async fn main() {
     for a in acks {
         a.await.unwrap().unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sandbox.records(Some("webhook"), None).len() < warm + n as usize
+    let deadline = Instant::now() + Duration::from_secs(60 + bulk / 1000);
+    while sandbox.records(Some("webhook"), None).len() < warm + (n + bulk) as usize
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -228,6 +273,9 @@ async fn main() {
         }
     }
     let mut hops: BTreeMap<&str, [Vec<i64>; 3]> = BTreeMap::new();
+    // Bulk deliveries after the last urgent one: the backlog outlasted it.
+    let mut last_urgent = i64::MIN;
+    let mut bulk_at = Vec::new();
     for r in sandbox.records(Some("webhook"), None) {
         let Some((key, at_lane)) = r.notification_id.as_ref().and_then(|id| routed.get(id)) else {
             continue;
@@ -235,6 +283,11 @@ async fn main() {
         let Some((priority, at_created)) = created.get(key) else {
             continue;
         };
+        match priority {
+            Priority::Urgent => last_urgent = last_urgent.max(r.at_ms),
+            Priority::Bulk => bulk_at.push(r.at_ms),
+            Priority::Normal => {}
+        }
         for lane in [priority.as_str(), "all"] {
             let h = hops.entry(lane).or_default();
             h[0].push(r.at_ms - at_created);
@@ -244,11 +297,16 @@ async fn main() {
     }
     println!(
         "Pipeline: router and webhook worker on {}, {rate} events/s for {seconds} s \
-         ({PARTITIONS} partitions, 3 lanes in turn, 20 ms provider latency){}",
+         ({PARTITIONS} partitions, {}, 20 ms provider latency){}",
         match kind {
             BrokerKind::ApacheKafka => "Apache Kafka (one node)",
             BrokerKind::ApacheKafka3 => "Apache Kafka (three nodes)",
             _ => "nisshi",
+        },
+        if bulk > 0 {
+            format!("urgent only, behind a campaign of {bulk} bulk events")
+        } else {
+            "3 lanes in turn".into()
         },
         if consumer.is_empty() {
             String::new()
@@ -273,6 +331,18 @@ async fn main() {
             percentile(&h[1], 0.99),
             percentile(&h[2], 0.5),
             percentile(&h[2], 0.99),
+        );
+    }
+    if bulk > 0 {
+        let after = bulk_at.iter().filter(|t| **t > last_urgent).count();
+        println!(
+            "Bulk: {} of {bulk} delivered, {after} of them after the last urgent notification{}",
+            bulk_at.len(),
+            if after == 0 {
+                " (NOT SATURATED: the backlog ran out first; raise HERALD_BENCH_BULK)"
+            } else {
+                ""
+            }
         );
     }
     drop(running);

@@ -211,15 +211,7 @@ impl TestBroker {
         // records still on their way. Then `idle` between records.
         // The watermark calls block: off the runtime, whose thread may be
         // running the stage under test.
-        let (c, t) = (std::sync::Arc::clone(&consumer), topic.to_string());
-        let has_records = tokio::task::spawn_blocking(move || {
-            (0..partitions).any(|p| {
-                c.fetch_watermarks(&t, p, Duration::from_secs(10))
-                    .map_or(true, |(low, high)| high > low)
-            })
-        })
-        .await
-        .unwrap_or(true);
+        let has_records = self.record_count(topic, partitions).await != 0;
         let first_wait = if has_records {
             idle.max(FIRST_RECORD_WAIT)
         } else {
@@ -242,6 +234,31 @@ impl TestBroker {
         drop(consumer);
         out.sort_by_key(|m| (m.partition(), m.offset()));
         out
+    }
+
+    /// How many records `topic` holds (high minus low watermark, summed
+    /// over its partitions); -1 when a partition's watermarks could not be
+    /// read. The watermark calls block, so they run off the runtime, whose
+    /// thread may be running the stage under test.
+    pub async fn record_count(&self, topic: &str, partitions: i32) -> i64 {
+        use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+        let consumer: StreamConsumer<DefaultConsumerContext> = self
+            .settings()
+            .consumer(
+                "test-counter",
+                &self.group("counter"),
+                DefaultConsumerContext,
+            )
+            .unwrap_or_else(|e| panic!("counter: {e}"));
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)))
+                .try_fold(0, |sum, w| w.map(|(low, high)| sum + high - low))
+                .unwrap_or(-1)
+        })
+        .await
+        .unwrap_or(-1)
     }
 
     /// Creates every Herald topic under a unique prefix (single replica;
