@@ -49,7 +49,7 @@ use tokio::sync::mpsc;
 use crate::breaker::{Breaker, Permit};
 use crate::config::DeliverConfig;
 use crate::limiter::TokenBucket;
-use crate::providers::{Accepted, SendError};
+use crate::providers::{Accepted, Failure, SendError};
 use crate::retry::{self, Attempt, Next, TIERS};
 use crate::routes::Routes;
 
@@ -211,8 +211,14 @@ impl Shared {
     /// The breaker a send through `label` answers to: the provider's, and
     /// for webhooks the endpoint's own (`host:port`), so one failing or
     /// throttling endpoint stops only itself.
+    /// Whether breakers are per endpoint (a webhook's host) rather than
+    /// per provider.
+    fn breaker_per_endpoint(&self) -> bool {
+        self.channel == Channel::Webhook
+    }
+
     fn breaker_key(&self, label: &str, m: &ChannelMessage) -> String {
-        if self.channel != Channel::Webhook {
+        if !self.breaker_per_endpoint() {
             return label.to_string();
         }
         let authority = reqwest::Url::parse(&m.recipient.address)
@@ -276,6 +282,21 @@ impl Shared {
                 match self.permit(&route.label, &key) {
                     Permit::Go | Permit::Probe => break,
                     Permit::WaitUntil(_) if i < last => continue 'routes,
+                    // One endpoint's open breaker (webhooks have one per
+                    // host) must not hold a slot of the partition's window
+                    // that other tenants' messages need: the message goes
+                    // to a retry tier until the breaker lets a probe
+                    // through. It counts as an attempt, as the failure the
+                    // breaker spares the endpoint would have.
+                    Permit::WaitUntil(t) if self.breaker_per_endpoint() => {
+                        return Err(SendError {
+                            provider: route.provider.name(),
+                            failure: Failure::Retryable,
+                            reason: "endpoint_breaker_open".into(),
+                            status: None,
+                            retry_after: Some(Duration::from_millis((t - now_ms()).max(0) as u64)),
+                        });
+                    }
                     Permit::WaitUntil(t) => {
                         let wait = (t - now_ms()).clamp(10, 1_000) as u64;
                         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -634,7 +655,7 @@ impl Shared {
                         self.status(&m, StatusKind::DeadLettered, reason, Some(e.provider), None)
                     }
                     Next::GiveUp => {
-                        let (kind, outcome) = if e.failure == crate::Failure::TokenInvalid {
+                        let (kind, outcome) = if e.failure == Failure::TokenInvalid {
                             (StatusKind::TokenInvalid, "token_invalid")
                         } else {
                             (StatusKind::Failed, "failed")

@@ -9,9 +9,9 @@
 //!   Before, `/healthz` was a constant "ok": a worker wedged for minutes
 //!   looked healthy to Kubernetes;
 //! - against a provider that fails every request, with its breaker open for
-//!   3 s, messages wait for the breaker and `/healthz` stays 200: a
-//!   provider outage is not the worker's fault, and restarting it would
-//!   not end the outage.
+//!   3 s, messages wait for the breaker (a webhook's in a retry tier) and
+//!   `/healthz` stays 200: a provider outage is not the worker's fault, and
+//!   restarting it would not end the outage.
 
 // Tests fail loudly on unexpected errors: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -141,7 +141,8 @@ async fn waiting_for_an_open_breaker_is_not_a_stall() {
     );
     let (mut worker, base, _dir) = worker(
         &s,
-        "[deliver.breaker]\nfailure_threshold = 1\nopen_for = \"3s\"\nmax_open_for = \"3s\"\n",
+        "[deliver.breaker]\nfailure_threshold = 1\nopen_for = \"3s\"\nmax_open_for = \"3s\"\n\
+         [deliver.retry]\nbase_delay = \"200ms\"\nmax_delay = \"1s\"\nmax_attempts = 30\n",
     )
     .await;
     let producer = s.producer();

@@ -430,9 +430,13 @@ async fn a_stop_does_not_wait_for_retries_and_leaves_them_to_the_next_worker() {
 }
 
 /// One hostile webhook endpoint (every request answered `429` with
-/// `Retry-After` of a year) and a well-behaved one: the hostile one stops
-/// only itself. Before, one breaker for every webhook opened for a year and
-/// no tenant's webhooks went out.
+/// `Retry-After` of a year) with many more messages than the partitions'
+/// windows hold, and well-behaved ones: the hostile one stops only itself.
+/// Before, one breaker for every webhook opened for a year and no tenant's
+/// webhooks went out; then, with a breaker per host, the hostile host's
+/// messages waited for its open breaker inside the windows and held every
+/// slot, so the others waited up to `max_open_for` (5 min). Now a message
+/// meeting its endpoint's open breaker goes to a retry tier at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hostile_endpoint_stops_only_itself() {
     let s = setup("deliver-hostile").await;
@@ -467,7 +471,10 @@ async fn a_hostile_endpoint_stops_only_itself() {
     });
     let producer = s.producer();
     let (stopper, task) = start(s.config());
-    for n in 0..8 {
+    // Three times the slots of every lane partition (3 lanes x 2 partitions
+    // x 8 in flight).
+    let hostile_count = 3 * 6 * s.config().deliver.max_in_flight as u64;
+    for n in 0..hostile_count {
         let mut m = s.message(n);
         m.recipient.address = format!("http://{hostile_addr}/hooks/hostile");
         s.produce(&producer, &m).await;
@@ -481,11 +488,11 @@ async fn a_hostile_endpoint_stops_only_itself() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let started = Instant::now();
-    let good: Vec<ChannelMessage> = (100..103).map(|n| s.message(n)).collect();
+    let good: Vec<ChannelMessage> = (1000..1012).map(|n| s.message(n)).collect();
     for m in &good {
         s.produce(&producer, m).await;
     }
-    let seen = s.wait_delivered(3).await;
+    let seen = s.wait_delivered(good.len()).await;
     assert!(good.iter().all(|m| seen.contains_key(&m.notification_id)));
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -495,6 +502,20 @@ async fn a_hostile_endpoint_stops_only_itself() {
     stopper.trigger();
     let _ = tokio::time::timeout(WAIT, task).await;
     server.abort();
+    // The breaker spared the hostile host: a handful of requests, not one
+    // per message; the rest were scheduled for a retry, saying why.
+    let tried = hits.load(std::sync::atomic::Ordering::SeqCst) as u64;
+    assert!(tried < hostile_count / 2, "{tried} requests to the hostile host");
+    let parked = s
+        .statuses()
+        .await
+        .into_iter()
+        .filter(|st| {
+            st.status == StatusKind::RetryScheduled
+                && st.reason.as_deref() == Some("endpoint_breaker_open")
+        })
+        .count();
+    assert!(parked > 0, "no message waited for the breaker in a retry tier");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
