@@ -336,7 +336,45 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         sends.values().map(Vec::len).sum::<usize>(),
         failed.len()
     );
-    assert!(lost.is_empty(), "lost: {} {lost:?}{}", lost.len(), logs());
+    if !lost.is_empty() {
+        // What the pipeline says about each: its statuses and its event's,
+        // and whether its worker's ledger holds it (a delivery recorded).
+        let mut story = String::new();
+        for (id, (channel, n)) in expected
+            .iter()
+            .filter(|(id, _)| !sends.contains_key(*id) && !failed.contains(id.as_str()))
+        {
+            let key = format!("chaos-{n}");
+            let said: Vec<String> = statuses
+                .iter()
+                .filter(|s| {
+                    s.notification_id.as_deref() == Some(id.as_str())
+                        || (s.idempotency_key.as_deref() == Some(key.as_str())
+                            && s.notification_id.is_none())
+                })
+                .map(|s| {
+                    format!(
+                        "{:?} {:?} {:?} {:?} at {}",
+                        s.stage, s.channel, s.status, s.reason, s.occurred_at
+                    )
+                })
+                .collect();
+            let ledger = broker
+                .read_all(
+                    &topology.named(&format!("{}.ledger", channel.as_str())),
+                    PARTITIONS,
+                    Duration::from_secs(2),
+                )
+                .await
+                .iter()
+                .filter(|m| m.key() == Some(id.as_bytes()))
+                .count();
+            story.push_str(&format!(
+                "\n{channel:?} of {key} ({id}): statuses {said:?}; ledger records {ledger}"
+            ));
+        }
+        panic!("lost: {} {lost:?}{story}{}", lost.len(), logs());
+    }
 
     // The injected faults happened (a run without them would prove nothing).
     let counts = sandbox.sandbox.counts();
