@@ -505,7 +505,10 @@ async fn a_hostile_endpoint_stops_only_itself() {
     // The breaker spared the hostile host: a handful of requests, not one
     // per message; the rest were scheduled for a retry, saying why.
     let tried = hits.load(std::sync::atomic::Ordering::SeqCst) as u64;
-    assert!(tried < hostile_count / 2, "{tried} requests to the hostile host");
+    assert!(
+        tried < hostile_count / 2,
+        "{tried} requests to the hostile host"
+    );
     let parked = s
         .statuses()
         .await
@@ -515,7 +518,10 @@ async fn a_hostile_endpoint_stops_only_itself() {
                 && st.reason.as_deref() == Some("endpoint_breaker_open")
         })
         .count();
-    assert!(parked > 0, "no message waited for the breaker in a retry tier");
+    assert!(
+        parked > 0,
+        "no message waited for the breaker in a retry tier"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
