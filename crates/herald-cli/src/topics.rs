@@ -38,13 +38,14 @@ pub async fn describe(config: &CliConfig) -> anyhow::Result<ExitCode> {
     let topology = Topology::new(config.topics.clone());
     let live = topology::describe(&admin, &topology, config.kafka.request_timeout).await?;
     say!(
-        "{:<40} {:>10} {:>4} {:<8} {:>12} {:>6}  drift",
+        "{:<40} {:>10} {:>4} {:<8} {:>12} {:>6} {:>9}  drift",
         "topic",
         "partitions",
         "rf",
         "cleanup",
         "retention.ms",
-        "min.isr"
+        "min.isr",
+        "max.bytes"
     );
     for (spec, t) in topology.topics().iter().zip(&live) {
         let get = |k: &str| t.configs.get(k).cloned().unwrap_or_else(|| "-".into());
@@ -64,13 +65,14 @@ pub async fn describe(config: &CliConfig) -> anyhow::Result<ExitCode> {
             _ => ("missing".into(), "-".into(), "missing".into()),
         };
         say!(
-            "{:<40} {:>10} {:>4} {:<8} {:>12} {:>6}  {}",
+            "{:<40} {:>10} {:>4} {:<8} {:>12} {:>6} {:>9}  {}",
             t.name,
             partitions,
             rf,
             get("cleanup.policy"),
             get("retention.ms"),
             get("min.insync.replicas"),
+            get("max.message.bytes"),
             drift
         );
     }

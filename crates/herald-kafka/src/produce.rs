@@ -22,6 +22,21 @@ pub const DLQ_TRUNCATED: &str = "herald.dlq.truncated";
 /// stage checks its outputs against it before producing: an output over
 /// it is a per-record outcome (a dead letter), never a failed produce.
 pub const MAX_RECORD_BYTES: usize = 900_000;
+/// `max.message.bytes` that `herald topics apply` declares on every Herald
+/// topic: Apache Kafka's default (1 MiB plus a batch header), pinned so a
+/// cluster whose brokers default lower still takes every Herald record,
+/// and a topic set lower by hand shows as drift instead of as failed
+/// produces. It holds a batch of one record of [`MAX_RECORD_BYTES`] with
+/// room to spare; librdkafka's `message.max.bytes` (1,000,000) lies between.
+pub const TOPIC_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// librdkafka's default `message.max.bytes`, which Herald's producers keep.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+// The limits nest, checked when compiling: Herald's own bound with room
+// for a retry's attempt history, then the producer's, then the topic's
+// with a record batch's header.
+const _: () = assert!(MAX_RECORD_BYTES + 64 * 1024 < LIBRDKAFKA_MESSAGE_MAX_BYTES);
+const _: () = assert!(LIBRDKAFKA_MESSAGE_MAX_BYTES + 61 + 64 < TOPIC_MAX_MESSAGE_BYTES);
 /// A dead letter keeps at most this much of the original body.
 pub const DLQ_BODY_MAX: usize = 256 * 1024;
 /// A dead letter's detail header keeps at most this much of the error.

@@ -61,7 +61,8 @@ pub struct TopicSpec {
     pub partitions: i32,
     /// Replication factor.
     pub replication_factor: i32,
-    /// Topic configs (`cleanup.policy`, `retention.ms`, `min.insync.replicas`).
+    /// Topic configs (`cleanup.policy`, `max.message.bytes`, `retention.ms`,
+    /// `min.insync.replicas`).
     pub configs: BTreeMap<&'static str, String>,
 }
 
@@ -75,6 +76,10 @@ impl TopicSpec {
     ) -> Self {
         let mut configs = BTreeMap::new();
         configs.insert("cleanup.policy", policy.to_string());
+        configs.insert(
+            "max.message.bytes",
+            crate::produce::TOPIC_MAX_MESSAGE_BYTES.to_string(),
+        );
         if let Some(ms) = retention_ms {
             configs.insert("retention.ms", ms.to_string());
         }
@@ -526,6 +531,7 @@ mod tests {
             replication_factor: Some(3),
             configs: [
                 ("cleanup.policy".to_string(), "delete".to_string()),
+                ("max.message.bytes".to_string(), "500000".to_string()),
                 ("retention.ms".to_string(), "1000".to_string()),
             ]
             .into_iter()
@@ -535,7 +541,12 @@ mod tests {
         let settings: Vec<&str> = d.iter().map(|d| d.setting.as_str()).collect();
         assert_eq!(
             settings,
-            vec!["partitions", "min.insync.replicas", "retention.ms"]
+            vec![
+                "partitions",
+                "max.message.bytes",
+                "min.insync.replicas",
+                "retention.ms"
+            ]
         );
     }
 }

@@ -1,5 +1,5 @@
 //! herald-kafka against real brokers: the harness scenario on every kind,
-//! and topology reconciliation on nisshi.
+//! and topology reconciliation on nisshi and Apache Kafka.
 
 // Tests fail loudly on unexpected errors: that is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -183,6 +183,10 @@ async fn topics_apply_is_idempotent_and_reports_drift() {
         state.configs.get("cleanup.policy").map(String::as_str),
         Some("compact")
     );
+    assert_eq!(
+        state.configs.get("max.message.bytes").map(String::as_str),
+        Some("1048588")
+    );
 
     // Declare something else: drift is reported, nothing is changed.
     let wider = Topology::new(TopologySettings {
@@ -220,6 +224,77 @@ async fn topics_apply_is_idempotent_and_reports_drift() {
         after.iter().all(|t| t.partitions.is_some_and(|p| p <= 2)),
         "apply never alters a live topic"
     );
+}
+
+/// A topic someone created by hand with a lower `max.message.bytes` than
+/// Herald's records need: `topics apply` names it, with both values, so the
+/// operator learns it before a produce fails (and changes nothing).
+async fn a_topic_that_refuses_large_records_is_reported(kind: BrokerKind) {
+    let broker = TestBroker::start(kind);
+    let prefix = broker.unique("size");
+    let (replication_factor, min_insync_replicas) = match kind {
+        BrokerKind::ApacheKafka3 => (3, 2),
+        _ => (1, 1),
+    };
+    let topology = Topology::new(TopologySettings {
+        prefix: prefix.clone(),
+        partitions: 2,
+        channel_partitions: 1,
+        replication_factor,
+        min_insync_replicas,
+    });
+    for t in topology.topics() {
+        broker.track(&t.name);
+    }
+    let notifications = format!("{prefix}.notifications");
+    // As declared, but for the one setting.
+    let spec = topology
+        .topics()
+        .iter()
+        .find(|t| t.name == notifications)
+        .expect("declared");
+    let configs: Vec<(&str, &str)> = spec
+        .configs
+        .iter()
+        .map(|(k, v)| match *k {
+            "max.message.bytes" => (*k, "500000"),
+            _ => (*k, v.as_str()),
+        })
+        .collect();
+    broker.create_topic(&notifications, 2, &configs).await;
+    let admin = broker.settings().admin().expect("admin");
+    let report = apply(&admin, &topology, TIMEOUT).await.expect("apply");
+    let drift: Vec<String> = report.drift.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        report
+            .drift
+            .iter()
+            .map(|d| (
+                d.topic.as_str(),
+                d.setting.as_str(),
+                d.declared.as_str(),
+                d.live.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        vec![(
+            notifications.as_str(),
+            "max.message.bytes",
+            "1048588",
+            "500000"
+        )],
+        "{drift:?}"
+    );
+    assert_eq!(report.created.len(), topology.topics().len() - 1);
+}
+
+#[tokio::test]
+async fn a_topic_that_refuses_large_records_is_reported_on_nisshi() {
+    a_topic_that_refuses_large_records_is_reported(BrokerKind::Durable).await;
+}
+
+#[tokio::test]
+async fn a_topic_that_refuses_large_records_is_reported_on_apache_kafka() {
+    a_topic_that_refuses_large_records_is_reported(BrokerKind::ApacheKafka3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
