@@ -13,7 +13,7 @@ use herald_codec::{
     encode_single_object, Codec, DecodeError, Framing, Record, RegistrySettings, SchemaSet,
 };
 use herald_model::sample;
-use herald_model::wire::NotificationRequested;
+use herald_model::wire::{ChannelMessage, NotificationRequested};
 use herald_testkit::TestRegistry;
 use proptest::prelude::*;
 
@@ -378,5 +378,90 @@ proptest! {
             bytes[i] ^= b;
         }
         let _ = codec.decode_local::<NotificationRequested>(&bytes);
+    }
+}
+
+/// The Confluent framing against a registry of the test's own, shared by
+/// the property tests below: the current schema, a v2, another record's
+/// schema and a schema that does not parse are registered; one id is not.
+struct Registry {
+    rt: tokio::runtime::Runtime,
+    codec: Codec,
+    ids: Vec<u32>,
+    _server: TestRegistry,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let server = rt.block_on(TestRegistry::start()).expect("registry");
+        let subject = "herald.notifications-value";
+        let ids = vec![
+            server.register(
+                subject,
+                include_str!("../../../schemas/NotificationRequested.avsc"),
+            ),
+            server.register(subject, V2),
+            server.register(
+                subject,
+                include_str!("../../../schemas/ChannelMessage.avsc"),
+            ),
+            server.register(
+                subject,
+                r#"{"type": "record", "name": "Broken", "fields": [{"name": "x"}]}"#,
+            ),
+            9_999_999,
+        ];
+        let codec = rt.block_on(async { confluent_codec(&server) });
+        Registry {
+            rt,
+            codec,
+            ids,
+            _server: server,
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Any body behind any schema id, known, evolved, of another record,
+    /// unparseable or unknown: a value or a typed error, never a panic.
+    #[test]
+    fn confluent_bodies_never_panic(
+        which in 0usize..5,
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let r = registry();
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&r.ids[which].to_be_bytes());
+        bytes.extend_from_slice(&body);
+        let event = r.rt.block_on(r.codec.decode::<NotificationRequested>(&bytes));
+        let message = r.rt.block_on(r.codec.decode::<ChannelMessage>(&bytes));
+        if which >= 3 {
+            // An unparseable writer schema or an unknown id decodes nothing.
+            prop_assert!(event.is_err() && message.is_err());
+        }
+    }
+
+    /// A valid Confluent-framed record with bytes flipped and cut.
+    #[test]
+    fn mutated_confluent_records_never_panic(
+        n in 0u64..1000,
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        let r = registry();
+        let mut bytes = r
+            .rt
+            .block_on(r.codec.encode("herald.notifications", &sample::notification(n, NOW)))
+            .expect("encode");
+        for (i, b) in flips {
+            let i = i % bytes.len();
+            bytes[i] ^= b;
+        }
+        bytes.truncate(1 + cut % bytes.len());
+        let _ = r.rt.block_on(r.codec.decode::<NotificationRequested>(&bytes));
     }
 }
