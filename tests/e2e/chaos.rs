@@ -373,7 +373,19 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
                 "\n{channel:?} of {key} ({id}): statuses {said:?}; ledger records {ledger}"
             ));
         }
-        panic!("lost: {} {lost:?}{story}{}", lost.len(), logs());
+        // Requests the sandbox accepted without a notification id.
+        let mut unattributed: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in sandbox.sandbox.records(None, None) {
+            if r.notification_id.is_none() {
+                *unattributed.entry(r.provider).or_default() += 1;
+            }
+        }
+        panic!(
+            "lost: {} {lost:?}{story}\nsandbox answers {:?}; accepted without an id {unattributed:?}{}",
+            lost.len(),
+            sandbox.sandbox.counts(),
+            logs()
+        );
     }
 
     // The injected faults happened (a run without them would prove nothing).

@@ -715,6 +715,19 @@ struct PartitionHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Stops the tasks of the partitions revoked since the last call. What a
+/// task has not started is read again by the partition's next owner.
+fn stop_revoked(
+    consumer: &StreamConsumer<DeliverContext>,
+    workers: &mut HashMap<(String, i32), PartitionHandle>,
+) {
+    for key in lock(&consumer.context().revoked).drain(..) {
+        if let Some(h) = workers.remove(&key) {
+            h.stop.trigger();
+        }
+    }
+}
+
 fn tpl_of(topic: &str, partition: i32) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
@@ -900,11 +913,7 @@ pub async fn run(
     let outcome: anyhow::Result<()> = async {
         let mut stream = consumer.stream();
         loop {
-            for key in lock(&consumer.context().revoked).drain(..) {
-                if let Some(h) = workers.remove(&key) {
-                    h.stop.trigger();
-                }
-            }
+            stop_revoked(&consumer, &mut workers);
             if let Some(why) = lock(&shared.fatal).clone() {
                 anyhow::bail!("delivery stopped: {why}");
             }
@@ -922,6 +931,12 @@ pub async fn run(
                         }
                         Some(Ok(m)) => m.detach(),
                     };
+                    // The revoke, the new assignment and this record may
+                    // all have come while it was awaited: the revoked
+                    // partitions' tasks stop first, so a record of the new
+                    // assignment goes to a new task and is not dropped
+                    // with the old task's unstarted ones.
+                    stop_revoked(&consumer, &mut workers);
                     let key = (msg.topic().to_string(), msg.partition());
                     let urgent_lane = key.0 == urgent_topic;
                     let h = workers.entry(key.clone()).or_insert_with(|| {
