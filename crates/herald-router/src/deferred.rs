@@ -117,6 +117,20 @@ pub struct Release {
 type Ack = futures::future::BoxFuture<'static, ((i32, i64), Result<(), String>)>;
 
 impl Release {
+    /// Drops what is held for the partitions revoked since the last call:
+    /// their next owner reads it again from the committed offset.
+    fn forget_revoked(
+        &self,
+        due: &mut BTreeMap<(i64, i32, i64), Held>,
+        parts: &mut HashMap<i32, PartitionOffsets>,
+    ) {
+        for p in crate::run::lock(&self.consumer.context().revoked).drain(..) {
+            parts.remove(&p);
+            due.retain(|(_, part, _), _| *part != p);
+            report_held(p, &PartitionOffsets::default());
+        }
+    }
+
     /// Runs until `shutdown`; then waits for releases in flight and commits.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let topology: &Topology = self.router.topology();
@@ -130,12 +144,7 @@ impl Release {
         let mut releasing: FuturesUnordered<Ack> = FuturesUnordered::new();
         let mut stream = self.consumer.stream();
         loop {
-            for p in crate::run::lock(&self.consumer.context().revoked).drain(..) {
-                // Another instance reads them again from the committed offset.
-                parts.remove(&p);
-                due.retain(|(_, part, _), _| *part != p);
-                report_held(p, &PartitionOffsets::default());
-            }
+            self.forget_revoked(&mut due, &mut parts);
             let now = self.clock.now_ms();
             let wait = due
                 .keys()
@@ -164,6 +173,10 @@ impl Release {
                             continue;
                         }
                     };
+                    // The revoke, the new assignment and this record may
+                    // all have come while it was awaited: what was held for
+                    // the revoked partitions goes first, not this record.
+                    self.forget_revoked(&mut due, &mut parts);
                     let (p, offset) = (msg.partition(), msg.offset());
                     let po = parts.entry(p).or_default();
                     po.next = offset + 1;

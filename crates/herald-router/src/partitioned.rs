@@ -357,6 +357,25 @@ impl LaneTask<'_> {
 /// Reads the notifications topic and hands records to their partitions'
 /// tasks until `shutdown` or a task fails; then stops the tasks, waits for
 /// their in-flight work, commits the stored offsets and leaves the group.
+/// Stops the lanes of the partitions revoked since the last call; their
+/// tasks finish what they started (kept in `stopping`), and what they had
+/// not started is read again by the partition's next owner.
+fn stop_revoked(
+    shared: &Shared,
+    lanes: &mut HashMap<i32, Lane>,
+    stopping: &mut HashMap<i32, tokio::task::JoinHandle<()>>,
+) {
+    for p in lock(&shared.consumer.context().revoked).drain(..) {
+        if let Some(lane) = lanes.remove(&p) {
+            lane.stop.trigger();
+            let _ = shared
+                .prefs_follower
+                .incremental_unassign(&one(&shared.prefs_topic, p));
+            stopping.insert(p, lane.task);
+        }
+    }
+}
+
 pub(crate) async fn route(
     shared: Arc<Shared>,
     shutdown: Shutdown,
@@ -370,15 +389,7 @@ pub(crate) async fn route(
         let mut stream = consumer.stream();
         let mut prefs_stream = shared.prefs_follower.stream();
         loop {
-            for p in lock(&consumer.context().revoked).drain(..) {
-                if let Some(lane) = lanes.remove(&p) {
-                    lane.stop.trigger();
-                    let _ = shared
-                        .prefs_follower
-                        .incremental_unassign(&one(&shared.prefs_topic, p));
-                    stopping.insert(p, lane.task);
-                }
-            }
+            stop_revoked(&shared, &mut lanes, &mut stopping);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
@@ -398,6 +409,12 @@ pub(crate) async fn route(
                             continue;
                         }
                     };
+                    // The revoke, the new assignment and this record may
+                    // all have come while it was awaited: the revoked
+                    // partitions' lanes stop first, so a record of the new
+                    // assignment goes to a new lane and is not dropped with
+                    // the old lane's unstarted ones.
+                    stop_revoked(&shared, &mut lanes, &mut stopping);
                     let partition = msg.partition();
                     let lane = match lanes.entry(partition) {
                         Entry::Occupied(lane) => lane.into_mut(),
