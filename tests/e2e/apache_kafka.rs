@@ -12,8 +12,14 @@
 //! rebalance). Before, a restore that timed out during the election made
 //! the router exit.
 //!
-//! Size: `HERALD_KAFKA_EVENTS` (default 1500) at `HERALD_KAFKA_RATE`
-//! events/s (default 150). Bounded: gives up 120 s after the traffic.
+//! The same run with a rolling restart instead: each node in turn is
+//! stopped with SIGTERM (a controlled shutdown, as an upgrade does), started
+//! again, and the next one waits until every partition is back to three
+//! in-sync replicas. Same verdict.
+//!
+//! Size: `HERALD_KAFKA_EVENTS` (default 1500, 4500 for the rolling restart,
+//! which takes about 30 s) at `HERALD_KAFKA_RATE` events/s (default 150).
+//! Bounded: gives up 120 s after the traffic.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -60,9 +66,63 @@ fn busiest_leader(broker: &TestBroker, prefix: &str) -> (i32, BTreeMap<i32, usiz
     (node, led)
 }
 
+/// Waits until every partition of topics under `prefix` has all its
+/// replicas in sync again (up to `limit`); false if it did not happen.
+async fn wait_in_sync(broker: &TestBroker, prefix: &str, limit: Duration) -> bool {
+    use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+    let consumer: StreamConsumer = broker
+        .settings()
+        .consumer("isr", &broker.group("isr"), DefaultConsumerContext)
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let lagging = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .filter(|t| t.name().starts_with(prefix))
+                    .flat_map(|t| t.partitions())
+                    .filter(|p| p.isr().len() < p.replicas().len())
+                    .count()
+            })
+            .unwrap_or(usize::MAX);
+        if lagging == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+/// What happens to the cluster while the traffic flows.
+#[derive(Debug, Clone, Copy)]
+enum Disruption {
+    /// SIGKILL of the busiest leader, a second router at once, the node
+    /// back two thirds in.
+    DeadLeaderAndScaleOut,
+    /// Every node stopped and started in turn, each after the previous one
+    /// is back in sync.
+    RollingRestart,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
-    let count: u64 = env_or("HERALD_KAFKA_EVENTS", 1500);
+    survives(Disruption::DeadLeaderAndScaleOut).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_broker_loses_nothing_and_stops_no_stage() {
+    survives(Disruption::RollingRestart).await;
+}
+
+async fn survives(disruption: Disruption) {
+    // A rolling restart takes about 30 s here: the traffic lasts as long.
+    let default_count = match disruption {
+        Disruption::DeadLeaderAndScaleOut => 1500,
+        Disruption::RollingRestart => 4500,
+    };
+    let count: u64 = env_or("HERALD_KAFKA_EVENTS", default_count);
     let rate: f64 = env_or("HERALD_KAFKA_RATE", 150.0);
     let traffic = Duration::from_secs_f64(count as f64 / rate);
     let dir = tempfile::tempdir().unwrap();
@@ -154,13 +214,39 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
         }
     });
     let started = Instant::now();
-    tokio::time::sleep_until((started + traffic / 3).into()).await;
-    let (node, led) = busiest_leader(&broker, &prefix);
-    println!("kafka3: partitions led per node {led:?}; killing node {node}");
-    broker.kafka_node(node, "kill");
-    let mut router2 = stage("router2", "herald-router", &["--config", &router_toml]);
-    tokio::time::sleep_until((started + traffic * 2 / 3).into()).await;
-    broker.kafka_node(node, "start");
+    let mut router2 = None;
+    match disruption {
+        Disruption::DeadLeaderAndScaleOut => {
+            tokio::time::sleep_until((started + traffic / 3).into()).await;
+            let (node, led) = busiest_leader(&broker, &prefix);
+            println!("kafka3: partitions led per node {led:?}; killing node {node}");
+            broker.kafka_node(node, "kill");
+            router2 = Some(stage(
+                "router2",
+                "herald-router",
+                &["--config", &router_toml],
+            ));
+            tokio::time::sleep_until((started + traffic * 2 / 3).into()).await;
+            broker.kafka_node(node, "start");
+        }
+        Disruption::RollingRestart => {
+            tokio::time::sleep_until((started + traffic / 5).into()).await;
+            for node in 1..=3 {
+                let stopping = Instant::now();
+                // The script waits for the node to exit: off the runtime.
+                tokio::task::block_in_place(|| {
+                    broker.kafka_node(node, "stop");
+                    broker.kafka_node(node, "start");
+                });
+                let in_sync = wait_in_sync(&broker, &prefix, Duration::from_secs(90)).await;
+                println!(
+                    "kafka3: node {node} restarted, all in sync again after {:?}",
+                    stopping.elapsed()
+                );
+                assert!(in_sync, "node {node}'s replicas did not catch up in 90 s");
+            }
+        }
+    }
     tokio::time::timeout(traffic + Duration::from_secs(120), traffic_task)
         .await
         .expect("the producer did not finish")
@@ -189,7 +275,7 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
     let logs = format!(
         "\n--- router ---\n{}\n--- router2 ---\n{}\n--- webhook ---\n{}",
         router.tail(),
-        router2.tail(),
+        router2.as_ref().map(Stage::tail).unwrap_or_default(),
         webhook.tail()
     );
     let missing: Vec<&String> = expected
@@ -198,7 +284,7 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
         .collect();
     let extra: usize = sends.values().map(|n| n - 1).sum();
     println!(
-        "kafka3: {count} events, {} sent, {} missing, {extra} extra sends",
+        "kafka3 ({disruption:?}): {count} events, {} sent, {} missing, {extra} extra sends",
         sends.len(),
         missing.len()
     );
@@ -208,7 +294,9 @@ async fn a_dead_leader_loses_nothing_and_stops_no_stage() {
         missing.len()
     );
     assert!(router.running(), "the router exited{logs}");
-    assert!(router2.running(), "the second router exited{logs}");
+    if let Some(r) = router2.as_mut() {
+        assert!(r.running(), "the second router exited{logs}");
+    }
     assert!(webhook.running(), "the worker exited{logs}");
     let window = PARTITIONS as usize * 7 * MAX_IN_FLIGHT;
     assert!(extra <= window, "{extra} extra sends, bound {window}{logs}");
