@@ -33,10 +33,12 @@ test: lint nisshi kafka ## Every test: lint, unit, broker and end-to-end (starts
 	echo "brokers: durable $$HERALD_TEST_DURABLE_BOOTSTRAP, fast $$HERALD_TEST_FAST_BOOTSTRAP, Apache Kafka (3 nodes) $$HERALD_TEST_KAFKA3_BOOTSTRAP"; \
 	$(CARGO) test --workspace --no-fail-fast
 
-chaos: nisshi ## The whole pipeline under crashes, outages and a broker restart, longer than in `make test`
-	$(CARGO) build --workspace --bins
+chaos: nisshi ## The whole pipeline under crashes, outages and a broker restart: at 150 and at 1,000 events/s
+	$(CARGO) build --release --workspace --bins
 	HERALD_CHAOS_EVENTS=$${HERALD_CHAOS_EVENTS:-12000} HERALD_CHAOS_RATE=$${HERALD_CHAOS_RATE:-150} \
-	  $(CARGO) test -p herald-tests --test e2e chaos -- --nocapture
+	  $(CARGO) test --release -p herald-tests --test e2e chaos -- --nocapture
+	HERALD_CHAOS_EVENTS=20000 HERALD_CHAOS_RATE=1000 \
+	  $(CARGO) test --release -p herald-tests --test e2e chaos -- --nocapture
 
 bench: nisshi kafka ## Benchmarks; paste the tables into BENCHMARKS.md with commit and machine
 	@echo "commit $$(git rev-parse --short HEAD), $$(nproc) cores, $$(free -g | awk '/Mem/{print $$2}') GiB"

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use herald_codec::{encode_single_object, Codec};
 use herald_kafka::settings::ProducerKind;
-use herald_model::wire::{ChannelMessage, WebhookContent};
+use herald_model::wire::{ChannelMessage, NotificationRequested, WebhookContent};
 use herald_model::{sample, Channel, Priority};
 use herald_sandbox::{Fault, SandboxSettings};
 use herald_testkit::measure::{env_or, now_ms, percentile};
@@ -181,23 +181,27 @@ async fn main() {
     }
     let warm = sandbox.records(Some("webhook"), None).len();
 
+    // Produces one event; its acknowledgement is awaited later.
+    let send = |e: &NotificationRequested| {
+        let bytes = encode_single_object(e).unwrap();
+        let (p, t, key) = (producer.clone(), topic.clone(), e.user_id.clone());
+        tokio::spawn(async move {
+            p.send(
+                FutureRecord::to(&t).key(&key).payload(&bytes),
+                Timeout::After(Duration::from_secs(60)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+        })
+    };
     let mut created: BTreeMap<String, (Priority, i64)> = BTreeMap::new();
     if bulk > 0 {
         let mut acks = Vec::with_capacity(bulk as usize);
         for i in 0..bulk {
             let e = event(2_000_000 + i, Priority::Bulk);
             created.insert(e.idempotency_key.clone(), (Priority::Bulk, e.created_at));
-            let bytes = encode_single_object(&e).unwrap();
-            let (p, t, key) = (producer.clone(), topic.clone(), e.user_id.clone());
-            acks.push(tokio::spawn(async move {
-                p.send(
-                    FutureRecord::to(&t).key(&key).payload(&bytes),
-                    Timeout::After(Duration::from_secs(60)),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-            }));
+            acks.push(send(&e));
         }
         for a in acks {
             a.await.unwrap().unwrap();
@@ -226,17 +230,7 @@ async fn main() {
         };
         let e = event(i, priority);
         created.insert(e.idempotency_key.clone(), (priority, e.created_at));
-        let bytes = encode_single_object(&e).unwrap();
-        let (p, t, key) = (producer.clone(), topic.clone(), e.user_id.clone());
-        acks.push(tokio::spawn(async move {
-            p.send(
-                FutureRecord::to(&t).key(&key).payload(&bytes),
-                Timeout::After(Duration::from_secs(30)),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-        }));
+        acks.push(send(&e));
     }
     for a in acks {
         a.await.unwrap().unwrap();

@@ -131,14 +131,7 @@ async fn a_send_that_does_not_finish_makes_healthz_fail_until_it_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_an_open_breaker_is_not_a_stall() {
     let s = setup("deliver-outage-live").await;
-    s.sandbox.set_fault(
-        "webhook",
-        Fault {
-            error_rate: 1.0,
-            error_status: Some(503),
-            ..Fault::default()
-        },
-    );
+    s.fail_every_request();
     let (mut worker, base, _dir) = worker(
         &s,
         "[deliver.breaker]\nfailure_threshold = 1\nopen_for = \"3s\"\nmax_open_for = \"3s\"\n\

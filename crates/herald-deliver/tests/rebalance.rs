@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use common::{setup, start, stop, WAIT};
 use futures::StreamExt;
 use herald_model::Priority;
-use herald_sandbox::Fault;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 
 /// Joins `group` for `topic` until it has an assignment, then leaves: two
@@ -56,14 +55,7 @@ async fn a_rebalance_that_gives_the_partitions_back_loses_nothing() {
     let group = config.deliver.group.clone().unwrap();
     let producer = s.producer();
     // Every first attempt fails: each message waits in a retry tier.
-    s.sandbox.set_fault(
-        "webhook",
-        Fault {
-            error_rate: 1.0,
-            error_status: Some(503),
-            ..Fault::default()
-        },
-    );
+    s.fail_every_request();
     let messages: Vec<_> = (0..8)
         .map(|n| {
             let mut m = s.message(n);

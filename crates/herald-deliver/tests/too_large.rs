@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use common::{setup, start, stop};
 use herald_kafka::settings::ProducerKind;
 use herald_model::StatusKind;
-use herald_sandbox::Fault;
 use rdkafka::message::{Headers, Message};
 
 /// A message that fails retryably but is too large to be written again as
@@ -31,14 +30,7 @@ async fn a_message_too_large_to_retry_is_dead_lettered_and_the_worker_goes_on() 
     let producer = settings
         .producer("test", &ProducerKind::Idempotent)
         .unwrap();
-    s.sandbox.set_fault(
-        "webhook",
-        Fault {
-            error_rate: 1.0,
-            error_status: Some(503),
-            ..Fault::default()
-        },
-    );
+    s.fail_every_request();
     let (stopper, task) = start(s.config());
     let mut big = s.message(1);
     big.content.body = format!(r#"{{"pad":"{}"}}"#, "p".repeat(998_500));

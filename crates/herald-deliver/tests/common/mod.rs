@@ -83,6 +83,19 @@ impl Setup {
         }
     }
 
+    /// The provider answers every request with `503` until the fault is
+    /// cleared.
+    pub fn fail_every_request(&self) {
+        self.sandbox.set_fault(
+            "webhook",
+            herald_sandbox::Fault {
+                error_rate: 1.0,
+                error_status: Some(503),
+                ..herald_sandbox::Fault::default()
+            },
+        );
+    }
+
     /// An idempotent producer to this setup's broker.
     pub fn producer(&self) -> FutureProducer {
         self.broker
