@@ -416,3 +416,99 @@ async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
         );
     }
 }
+
+/// Held messages across rebalances of the deferred loop's group. With the
+/// classic (eager) protocol every rebalance revokes the loop's partitions
+/// and assigns them again; the new assignment reads the held messages
+/// again from the committed offset. A second member joins the group for an
+/// unrelated topic and leaves, twice, while six receipts are held; then
+/// the router restarts after the quiet hours and must release every one.
+/// Before, the first record of each new assignment, which came in the same
+/// wait as the revoke, was held and then forgotten with the revoked
+/// partition's messages, and the commit moved past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_survive_rebalances_of_the_deferred_loop() {
+    use chrono::TimeZone;
+    use futures::StreamExt;
+    use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+    let s = stack().await;
+    let mut config = s.config.clone();
+    // No tick while the messages are held: the loop waits for records.
+    config.router.deferred_tick = Duration::from_secs(600);
+    let berlin = chrono_tz::Europe::Berlin;
+    let t0 = berlin
+        .with_ymd_and_hms(2026, 1, 15, 22, 30, 0)
+        .unwrap()
+        .timestamp_millis();
+    let window_end = berlin
+        .with_ymd_and_hms(2026, 1, 16, 7, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    let mut prefs = sample::preferences(0, t0);
+    prefs.user_id = "user-night".into();
+    prefs.caps.clear();
+    prefs.opt_outs.clear();
+    put_preferences(&s, &prefs).await;
+    let receipts: Vec<(String, Vec<u8>)> = (1..=6)
+        .map(|n| {
+            let mut e = sample::notification(n, t0);
+            e.user_id = "user-night".into();
+            e.category = "receipt".into();
+            e.expires_at = None;
+            (e.user_id.clone(), encode_single_object(&e).unwrap())
+        })
+        .collect();
+    let (shutdown, task) = start_with_clock(&config, herald_router::Clock::manual(t0));
+    produce(&s, &receipts).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = statuses(&s)
+            .await
+            .into_iter()
+            .filter(|st| st.status == StatusKind::Deferred)
+            .count();
+        if held == 2 * receipts.len() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{held} held");
+    }
+    // Another member of the deferred loop's group, for an unrelated topic.
+    let group = format!("{}-deferred", config.router.group);
+    for _ in 0..2 {
+        let intruder: StreamConsumer = s
+            .broker
+            .settings()
+            .consumer("intruder", &group, DefaultConsumerContext)
+            .unwrap();
+        intruder.subscribe(&[&s.topology.named("status")]).unwrap();
+        let joined = std::time::Instant::now() + Duration::from_secs(30);
+        let mut stream = intruder.stream();
+        while intruder.assignment().map_or(0, |a| a.count()) == 0 {
+            assert!(
+                std::time::Instant::now() < joined,
+                "the member never joined"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+        }
+    }
+    // Give the loop its partitions back, then restart after the window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop(shutdown, task).await;
+    let (shutdown, task) =
+        start_with_clock(&config, herald_router::Clock::manual(window_end + 1_000));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let released = loop {
+        let push = lane_messages(&s, Channel::Push).await;
+        let email = lane_messages(&s, Channel::Email).await;
+        let released = push.len() + email.len();
+        if released >= 2 * receipts.len() || std::time::Instant::now() > deadline {
+            break released;
+        }
+    };
+    stop(shutdown, task).await;
+    assert_eq!(
+        released,
+        2 * receipts.len(),
+        "every held message released after the window"
+    );
+}
