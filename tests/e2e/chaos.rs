@@ -33,17 +33,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald_codec::Codec;
-use herald_kafka::Topology;
 use herald_model::ids::{DedupKey, NotificationId};
-use herald_model::wire::DeliveryStatus;
 use herald_model::{Channel, StatusKind};
 use herald_sandbox::credentials::Credentials;
 use herald_sandbox::{Fault, SandboxSettings};
 use herald_testkit::measure::env_or;
-use herald_testkit::{RestartableBroker, TestBroker};
+use herald_testkit::RestartableBroker;
 
-use crate::stages::{common_config, write, Stage};
+use crate::stages::{common_config, statuses, write, Stage};
 use rdkafka::message::Message;
 
 const PARTITIONS: i32 = 4;
@@ -53,23 +50,6 @@ const SCHEMA: &str = concat!(
     "/../schemas/NotificationRequested.avsc"
 );
 const PRODUCER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/chaos_producer.py");
-
-/// Every status and dead letter, read back once the pipeline is quiet.
-async fn statuses(broker: &TestBroker, topology: &Topology) -> Vec<DeliveryStatus> {
-    let codec = Codec::single_object();
-    let mut out = Vec::new();
-    for m in broker
-        .read_all(
-            &topology.named("status"),
-            PARTITIONS,
-            Duration::from_secs(3),
-        )
-        .await
-    {
-        out.push(codec.decode(m.payload().unwrap()).await.unwrap());
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_broker_restart() {
@@ -301,7 +281,10 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         if arrived == expected.len() || Instant::now() > final_deadline {
             // Quiet: what the retries still hold is given a moment.
             tokio::time::sleep(Duration::from_secs(3)).await;
-            break (sends(&sandbox.sandbox), statuses(&broker, &topology).await);
+            break (
+                sends(&sandbox.sandbox),
+                statuses(&broker, &topology, PARTITIONS).await,
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
@@ -324,10 +307,9 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         .filter(|s| matches!(s.status, StatusKind::Failed | StatusKind::DeadLettered))
         .filter_map(|s| s.notification_id.as_deref())
         .collect();
-    let lost: Vec<_> = expected
+    let lost: Vec<(&String, &(Channel, u64))> = expected
         .iter()
         .filter(|(id, _)| !sends.contains_key(*id) && !failed.contains(id.as_str()))
-        .map(|(id, (ch, n))| format!("{ch:?} of chaos-{n} ({id})"))
         .collect();
     println!(
         "chaos: {count} events, {} notifications, {} sends, {} failed, {duplicates} duplicate inputs, \
@@ -340,10 +322,7 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
         // What the pipeline says about each: its statuses and its event's,
         // and whether its worker's ledger holds it (a delivery recorded).
         let mut story = String::new();
-        for (id, (channel, n)) in expected
-            .iter()
-            .filter(|(id, _)| !sends.contains_key(*id) && !failed.contains(id.as_str()))
-        {
+        for &(id, (channel, n)) in &lost {
             let key = format!("chaos-{n}");
             let said: Vec<String> = statuses
                 .iter()
@@ -381,7 +360,7 @@ async fn nothing_is_lost_or_sent_twice_unexplained_under_crashes_outages_and_a_b
             }
         }
         panic!(
-            "lost: {} {lost:?}{story}\nsandbox answers {:?}; accepted without an id {unattributed:?}{}",
+            "lost: {}{story}\nsandbox answers {:?}; accepted without an id {unattributed:?}{}",
             lost.len(),
             sandbox.sandbox.counts(),
             logs()

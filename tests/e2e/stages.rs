@@ -120,3 +120,26 @@ impl Stage {
         Self::new(name, dir, command)
     }
 }
+
+/// Every status and dead letter the stages wrote, read back once the
+/// pipeline is quiet.
+pub async fn statuses(
+    broker: &TestBroker,
+    topology: &Topology,
+    partitions: i32,
+) -> Vec<herald_model::wire::DeliveryStatus> {
+    use rdkafka::message::Message;
+    let codec = herald_codec::Codec::single_object();
+    let mut out = Vec::new();
+    for m in broker
+        .read_all(
+            &topology.named("status"),
+            partitions,
+            std::time::Duration::from_secs(3),
+        )
+        .await
+    {
+        out.push(codec.decode(m.payload().unwrap()).await.unwrap());
+    }
+    out
+}

@@ -208,15 +208,15 @@ impl Shared {
         }
     }
 
-    /// The breaker a send through `label` answers to: the provider's, and
-    /// for webhooks the endpoint's own (`host:port`), so one failing or
-    /// throttling endpoint stops only itself.
     /// Whether breakers are per endpoint (a webhook's host) rather than
     /// per provider.
     fn breaker_per_endpoint(&self) -> bool {
         self.channel == Channel::Webhook
     }
 
+    /// The breaker a send through `label` answers to: the provider's, and
+    /// for webhooks the endpoint's own (`host:port`), so one failing or
+    /// throttling endpoint stops only itself.
     fn breaker_key(&self, label: &str, m: &ChannelMessage) -> String {
         if !self.breaker_per_endpoint() {
             return label.to_string();

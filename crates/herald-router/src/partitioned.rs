@@ -354,9 +354,6 @@ impl LaneTask<'_> {
     }
 }
 
-/// Reads the notifications topic and hands records to their partitions'
-/// tasks until `shutdown` or a task fails; then stops the tasks, waits for
-/// their in-flight work, commits the stored offsets and leaves the group.
 /// Stops the lanes of the partitions revoked since the last call; their
 /// tasks finish what they started (kept in `stopping`), and what they had
 /// not started is read again by the partition's next owner.
@@ -376,6 +373,9 @@ fn stop_revoked(
     }
 }
 
+/// Reads the notifications topic and hands records to their partitions'
+/// tasks until `shutdown` or a task fails; then stops the tasks, waits for
+/// their in-flight work, commits the stored offsets and leaves the group.
 pub(crate) async fn route(
     shared: Arc<Shared>,
     shutdown: Shutdown,
