@@ -22,28 +22,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{setup, start, stop, WAIT};
-use futures::StreamExt;
 use herald_model::Priority;
-use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
-
-/// Joins `group` for `topic` until it has an assignment, then leaves: two
-/// rebalances for every other member.
-async fn join_and_leave(s: &common::Setup, group: &str, topic: &str) {
-    let intruder: StreamConsumer = s
-        .broker
-        .settings()
-        .consumer("intruder", group, DefaultConsumerContext)
-        .unwrap();
-    intruder.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stream = intruder.stream();
-    while intruder.assignment().map_or(0, |a| a.count()) == 0 {
-        assert!(Instant::now() < deadline, "the second member never joined");
-        let _ = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
-    }
-    drop(stream);
-    drop(intruder);
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebalance_that_gives_the_partitions_back_loses_nothing() {
@@ -85,8 +64,8 @@ async fn a_rebalance_that_gives_the_partitions_back_loses_nothing() {
     // While the retries wait: another member joins for an unrelated topic
     // and leaves, twice.
     let elsewhere = s.topology.named("status");
-    join_and_leave(&s, &group, &elsewhere).await;
-    join_and_leave(&s, &group, &elsewhere).await;
+    s.broker.join_and_leave(&group, &elsewhere).await;
+    s.broker.join_and_leave(&group, &elsewhere).await;
 
     let seen = s.wait_delivered(messages.len()).await;
     stop(stopper, task).await;

@@ -322,13 +322,10 @@ async fn exactly_once_on_a_broker_without_transactions_fails_at_start_naming_the
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
+/// 22:30 in Berlin, and the end of the quiet hours (22:00-07:00 there) of
+/// `user-night`, whose preferences this writes.
+async fn a_night_in_berlin(s: &Stack) -> (i64, i64) {
     use chrono::TimeZone;
-    let s = stack().await;
-    let mut config = s.config.clone();
-    config.router.deferred_tick = Duration::from_millis(100);
-    // 22:30 in Berlin; the user's quiet hours are 22:00-07:00 there.
     let berlin = chrono_tz::Europe::Berlin;
     let t0 = berlin
         .with_ymd_and_hms(2026, 1, 15, 22, 30, 0)
@@ -338,20 +335,31 @@ async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
         .with_ymd_and_hms(2026, 1, 16, 7, 0, 0)
         .unwrap()
         .timestamp_millis();
-    let clock = herald_router::Clock::manual(t0);
-
     let mut prefs = sample::preferences(0, t0);
     prefs.user_id = "user-night".into();
     prefs.caps.clear();
     prefs.opt_outs.clear();
-    put_preferences(&s, &prefs).await;
-    let night_event = |n: u64, category: &str| {
-        let mut e = sample::notification(n, t0);
-        e.user_id = "user-night".into();
-        e.category = category.into();
-        e.expires_at = None;
-        (e.user_id.clone(), encode_single_object(&e).unwrap())
-    };
+    put_preferences(s, &prefs).await;
+    (t0, window_end)
+}
+
+/// An event for `user-night` in `category`, created at `t0`.
+fn night_event(n: u64, category: &str, t0: i64) -> (String, Vec<u8>) {
+    let mut e = sample::notification(n, t0);
+    e.user_id = "user-night".into();
+    e.category = category.into();
+    e.expires_at = None;
+    (e.user_id.clone(), encode_single_object(&e).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
+    let s = stack().await;
+    let mut config = s.config.clone();
+    config.router.deferred_tick = Duration::from_millis(100);
+    let (t0, window_end) = a_night_in_berlin(&s).await;
+    let clock = herald_router::Clock::manual(t0);
+    let night_event = |n: u64, category: &str| night_event(n, category, t0);
 
     let (shutdown, task) = start_with_clock(&config, clock.clone());
     // A receipt waits; a security notice (critical) goes out at once.
@@ -428,36 +436,12 @@ async fn quiet_hours_defer_until_the_window_ends_even_across_a_restart() {
 /// partition's messages, and the commit moved past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_messages_survive_rebalances_of_the_deferred_loop() {
-    use chrono::TimeZone;
-    use futures::StreamExt;
-    use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
     let s = stack().await;
     let mut config = s.config.clone();
     // No tick while the messages are held: the loop waits for records.
     config.router.deferred_tick = Duration::from_secs(600);
-    let berlin = chrono_tz::Europe::Berlin;
-    let t0 = berlin
-        .with_ymd_and_hms(2026, 1, 15, 22, 30, 0)
-        .unwrap()
-        .timestamp_millis();
-    let window_end = berlin
-        .with_ymd_and_hms(2026, 1, 16, 7, 0, 0)
-        .unwrap()
-        .timestamp_millis();
-    let mut prefs = sample::preferences(0, t0);
-    prefs.user_id = "user-night".into();
-    prefs.caps.clear();
-    prefs.opt_outs.clear();
-    put_preferences(&s, &prefs).await;
-    let receipts: Vec<(String, Vec<u8>)> = (1..=6)
-        .map(|n| {
-            let mut e = sample::notification(n, t0);
-            e.user_id = "user-night".into();
-            e.category = "receipt".into();
-            e.expires_at = None;
-            (e.user_id.clone(), encode_single_object(&e).unwrap())
-        })
-        .collect();
+    let (t0, window_end) = a_night_in_berlin(&s).await;
+    let receipts: Vec<(String, Vec<u8>)> = (1..=6).map(|n| night_event(n, "receipt", t0)).collect();
     let (shutdown, task) = start_with_clock(&config, herald_router::Clock::manual(t0));
     produce(&s, &receipts).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -475,21 +459,9 @@ async fn held_messages_survive_rebalances_of_the_deferred_loop() {
     // Another member of the deferred loop's group, for an unrelated topic.
     let group = format!("{}-deferred", config.router.group);
     for _ in 0..2 {
-        let intruder: StreamConsumer = s
-            .broker
-            .settings()
-            .consumer("intruder", &group, DefaultConsumerContext)
-            .unwrap();
-        intruder.subscribe(&[&s.topology.named("status")]).unwrap();
-        let joined = std::time::Instant::now() + Duration::from_secs(30);
-        let mut stream = intruder.stream();
-        while intruder.assignment().map_or(0, |a| a.count()) == 0 {
-            assert!(
-                std::time::Instant::now() < joined,
-                "the member never joined"
-            );
-            let _ = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
-        }
+        s.broker
+            .join_and_leave(&group, &s.topology.named("status"))
+            .await;
     }
     // Give the loop its partitions back, then restart after the window.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -236,6 +236,31 @@ impl TestBroker {
         out
     }
 
+    /// Joins consumer group `group` for `topic` until this member has an
+    /// assignment, then leaves: two rebalances for the group's other
+    /// members (with the eager protocol, each revokes and assigns again
+    /// every partition they hold).
+    pub async fn join_and_leave(&self, group: &str, topic: &str) {
+        use futures::StreamExt;
+        use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+        let member: StreamConsumer<DefaultConsumerContext> = self
+            .settings()
+            .consumer("test-member", group, DefaultConsumerContext)
+            .unwrap_or_else(|e| panic!("member: {e}"));
+        member
+            .subscribe(&[topic])
+            .unwrap_or_else(|e| panic!("subscribe {topic}: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut stream = member.stream();
+        while member.assignment().map_or(0, |a| a.count()) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the member never joined {group}"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+        }
+    }
+
     /// How many records `topic` holds (high minus low watermark, summed
     /// over its partitions); -1 when a partition's watermarks could not be
     /// read. The watermark calls block, so they run off the runtime, whose
