@@ -76,8 +76,10 @@ async fn wait_in_sync(broker: &TestBroker, prefix: &str, limit: Duration) -> boo
         .unwrap();
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let lagging = consumer
-            .fetch_metadata(None, Duration::from_secs(10))
+        // The metadata call blocks: off the async runtime.
+        let metadata =
+            tokio::task::block_in_place(|| consumer.fetch_metadata(None, Duration::from_secs(10)));
+        let lagging = metadata
             .map(|md| {
                 md.topics()
                     .iter()
@@ -224,16 +226,17 @@ async fn survives(disruption: Disruption) {
     match disruption {
         Disruption::DeadLeaderAndScaleOut => {
             tokio::time::sleep_until((started + traffic / 3).into()).await;
-            let (node, led) = busiest_leader(&broker, &prefix);
+            // Metadata and the script block: off the async runtime.
+            let (node, led) = tokio::task::block_in_place(|| busiest_leader(&broker, &prefix));
             println!("kafka3: partitions led per node {led:?}; killing node {node}");
-            broker.kafka_node(node, "kill");
+            tokio::task::block_in_place(|| broker.kafka_node(node, "kill"));
             router2 = Some(stage(
                 "router2",
                 "herald-router",
                 &["--config", &router_toml],
             ));
             tokio::time::sleep_until((started + traffic * 2 / 3).into()).await;
-            broker.kafka_node(node, "start");
+            tokio::task::block_in_place(|| broker.kafka_node(node, "start"));
         }
         Disruption::RollingRestart => {
             tokio::time::sleep_until((started + traffic / 5).into()).await;
